@@ -1,0 +1,606 @@
+//! `loadimpact-exporter simulate`: posts a realistic stream of Load Impact
+//! webhooks to a running exporter, so dashboards and alerts come alive before
+//! Load Impact itself is wired up.
+//!
+//! The whole stream is planned up front from `--seed` (which runs, which
+//! outcome, when each webhook goes out, which ones are sent twice), so the same
+//! flags always post the same webhooks; only the exporter's answers are
+//! counted live. Each project gets exactly the share of outcomes that
+//! `--outcomes` asks for (largest remainder), in a shuffled order. Runs start
+//! `--interval` apart and last about `--run-duration` (0.5x to 1.5x), so they
+//! overlap; `--duplicate-ratio` of the webhooks are delivered a second time,
+//! half as a retry with the same `X-LoadImpact-ID` and half as a redelivery
+//! under a new one; `--unfinished-ratio` of the runs never get `test.finished`
+//! (the exporter expires them after its `--run.max-duration`).
+
+use crate::outcome::{from_code, Outcome, StatusTable};
+use anyhow::{bail, Context};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Bytes;
+use hyper::{Request, StatusCode, Uri};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
+use rand::{Rng, SeedableRng};
+use std::fmt;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+
+/// The outcome mix when `--outcomes` is not given: mostly successful runs.
+const DEFAULT_OUTCOMES: &str = "finished=70,timed_out=3,aborted_by_user=8,aborted_by_system=3,aborted_by_script_error=4,aborted_by_threshold=4,failed_threshold=8";
+
+/// Load test names the simulated projects draw from.
+const TEST_NAMES: [&str; 6] = [
+    "checkout flow",
+    "search API soak",
+    "login spike",
+    "catalog browse",
+    "payments smoke",
+    "websocket fan-out",
+];
+
+/// Flags of the `simulate` subcommand.
+#[derive(Debug, Clone, clap::Args)]
+pub struct SimulateArgs {
+    /// Webhook URL of the exporter to post to (http only).
+    #[arg(long, default_value = "http://127.0.0.1:16565/webhook")]
+    pub url: String,
+
+    /// Number of projects to simulate (ids `--first-project-id` upwards).
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    pub projects: u64,
+
+    /// Test runs per project.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(0..=100_000))]
+    pub runs: u64,
+
+    /// Organization id of every simulated project.
+    #[arg(long, default_value_t = 1)]
+    pub organization_id: u64,
+
+    /// Id of the first simulated project.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    pub first_project_id: u64,
+
+    /// Load tests per project (each run belongs to one of them).
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..=999))]
+    pub load_tests: u64,
+
+    /// Seed of the plan: the same flags and seed post the same webhooks (use
+    /// another seed to post new runs to the same exporter).
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+
+    /// Largest number of requests in flight at once.
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u64).range(1..=1024))]
+    pub concurrency: u64,
+
+    /// Share of webhooks delivered twice (0 to 1).
+    #[arg(long, default_value_t = 0.1, value_parser = parse_ratio)]
+    pub duplicate_ratio: f64,
+
+    /// Share of runs that never send `test.finished` (0 to 1).
+    #[arg(long, default_value_t = 0.0, value_parser = parse_ratio)]
+    pub unfinished_ratio: f64,
+
+    /// Outcome weights per project, `outcome=weight,...` (outcome label values).
+    #[arg(long, default_value = DEFAULT_OUTCOMES)]
+    pub outcomes: OutcomeWeights,
+
+    /// Time between the starts of two consecutive runs.
+    #[arg(long, alias = "pace", default_value = "100ms", value_parser = humantime::parse_duration)]
+    pub interval: Duration,
+
+    /// Typical run duration; each run lasts 0.5 to 1.5 times this.
+    #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+    pub run_duration: Duration,
+
+    /// Status code table the codes are sent in (the texts are always sent).
+    #[arg(long, value_enum, default_value = "v3")]
+    pub status_table: StatusTable,
+}
+
+fn parse_ratio(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(v) if (0.0..=1.0).contains(&v) => Ok(v),
+        _ => Err(format!("`{text}` is not a number from 0 to 1")),
+    }
+}
+
+/// `outcome=weight` pairs, as given to `--outcomes`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OutcomeWeights(pub Vec<(Outcome, f64)>);
+
+impl FromStr for OutcomeWeights {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let mut weights: Vec<(Outcome, f64)> = Vec::new();
+        for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            let (name, weight) = part
+                .split_once('=')
+                .ok_or_else(|| format!("`{part}` is not outcome=weight"))?;
+            let outcome = Outcome::ALL
+                .into_iter()
+                .find(|o| o.as_str() == name.trim())
+                .ok_or_else(|| {
+                    let names: Vec<&str> = Outcome::ALL.iter().map(|o| o.as_str()).collect();
+                    format!("unknown outcome `{name}` (one of {})", names.join(", "))
+                })?;
+            let weight: f64 = weight
+                .trim()
+                .parse()
+                .ok()
+                .filter(|w: &f64| w.is_finite() && *w >= 0.0)
+                .ok_or_else(|| format!("weight of `{name}` is not a number >= 0"))?;
+            if weights.iter().any(|(o, _)| *o == outcome) {
+                return Err(format!("outcome `{name}` is given twice"));
+            }
+            weights.push((outcome, weight));
+        }
+        if weights.iter().map(|(_, w)| w).sum::<f64>() <= 0.0 {
+            return Err("at least one outcome needs a weight above 0".into());
+        }
+        Ok(OutcomeWeights(weights))
+    }
+}
+
+impl fmt::Display for OutcomeWeights {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let parts: Vec<String> = self
+            .0
+            .iter()
+            .map(|(o, w)| format!("{}={w}", o.as_str()))
+            .collect();
+        f.write_str(&parts.join(","))
+    }
+}
+
+/// Splits `total` runs among the weights in proportion, exactly (largest
+/// remainder, ties to the earlier outcome).
+fn allocate(weights: &OutcomeWeights, total: u64) -> Vec<(Outcome, u64)> {
+    let sum: f64 = weights.0.iter().map(|(_, w)| w).sum();
+    let exact: Vec<f64> = weights
+        .0
+        .iter()
+        .map(|(_, w)| w / sum * total as f64)
+        .collect();
+    let mut counts: Vec<u64> = exact.iter().map(|x| x.floor() as u64).collect();
+    let mut left = total.saturating_sub(counts.iter().sum());
+    let mut order: Vec<usize> = (0..exact.len()).collect();
+    order.sort_by(|&a, &b| {
+        let (ra, rb) = (exact[a] - exact[a].floor(), exact[b] - exact[b].floor());
+        rb.total_cmp(&ra).then(a.cmp(&b))
+    });
+    for i in order.into_iter().cycle() {
+        if left == 0 {
+            break;
+        }
+        counts[i] += 1;
+        left -= 1;
+    }
+    weights.0.iter().map(|(o, _)| *o).zip(counts).collect()
+}
+
+/// Status code and text Load Impact sends for an outcome: the last (final,
+/// "Aborted" rather than "Aborting") code of the table that means it, or 99
+/// (no meaning) when the table has none; the text always names the outcome.
+fn status_of(outcome: Outcome, table: StatusTable) -> (i64, String) {
+    let code = (3..=12)
+        .rev()
+        .find(|&c| outcome != Outcome::Unknown && from_code(c, table) == outcome)
+        .unwrap_or(99);
+    let words = outcome.as_str().replace('_', " ");
+    let mut chars = words.chars();
+    let text = match chars.next() {
+        Some(first) => first.to_ascii_uppercase().to_string() + chars.as_str(),
+        None => String::new(),
+    };
+    (code, text)
+}
+
+/// One webhook delivery of the plan.
+#[derive(Debug, Clone, PartialEq)]
+struct Delivery {
+    at: Duration,
+    id: String,
+    event: &'static str,
+    body: Vec<u8>,
+}
+
+/// The whole stream: deliveries sorted by time, and what the runs are.
+#[derive(Debug, Clone, PartialEq)]
+struct Plan {
+    deliveries: Vec<Delivery>,
+    outcomes: Vec<(Outcome, u64)>,
+    unfinished: u64,
+}
+
+fn plan(args: &SimulateArgs) -> Plan {
+    let mut rng = StdRng::seed_from_u64(args.seed);
+    // Run ids: disjoint per seed and project, so runs of other seeds or other
+    // invocations with other projects are new runs to the exporter.
+    let run_id_base = (args.seed % 1_000_000) * 1_000_000_000_000;
+    let mut totals: Vec<(Outcome, u64)> = args.outcomes.0.iter().map(|(o, _)| (*o, 0)).collect();
+    let mut unfinished = 0;
+
+    // Per project: its runs' outcomes (None: never finishes), shuffled.
+    let mut per_project: Vec<Vec<Option<Outcome>>> = Vec::new();
+    for _ in 0..args.projects {
+        let stuck = ((args.runs as f64) * args.unfinished_ratio).round() as u64;
+        let finishing = args.runs - stuck.min(args.runs);
+        unfinished += args.runs - finishing;
+        let mut runs: Vec<Option<Outcome>> = vec![None; (args.runs - finishing) as usize];
+        for (i, (outcome, n)) in allocate(&args.outcomes, finishing).into_iter().enumerate() {
+            totals[i].1 += n;
+            runs.extend(std::iter::repeat_n(Some(outcome), n as usize));
+        }
+        runs.shuffle(&mut rng);
+        per_project.push(runs);
+    }
+
+    let mut deliveries = Vec::new();
+    let mut send = |rng: &mut StdRng, at: Duration, event: &'static str, body: Vec<u8>| {
+        let id = format!("sim-{:016x}", rng.random::<u64>());
+        if rng.random_bool(args.duplicate_ratio) {
+            let again = at + Duration::from_millis(rng.random_range(20..=200));
+            let dup_id = if rng.random_bool(0.5) {
+                id.clone()
+            } else {
+                format!("sim-{:016x}", rng.random::<u64>())
+            };
+            deliveries.push(Delivery {
+                at: again,
+                id: dup_id,
+                event,
+                body: body.clone(),
+            });
+        }
+        deliveries.push(Delivery {
+            at,
+            id,
+            event,
+            body,
+        });
+    };
+
+    // Runs start round-robin over the projects, `interval` apart.
+    let mut slot = 0u32;
+    for run in 0..args.runs {
+        for (p, runs) in per_project.iter().enumerate() {
+            let project_id = args.first_project_id + p as u64;
+            let load_test = rng.random_range(0..args.load_tests);
+            let load_test_id = project_id * 1000 + load_test + 1;
+            let name = TEST_NAMES[((project_id + load_test) % TEST_NAMES.len() as u64) as usize];
+            let run_id = run_id_base + project_id * 1_000_000 + run + 1;
+            let user_id = args.organization_id * 100 + rng.random_range(1..=5);
+            let start = args.interval * slot;
+            slot += 1;
+            let body = |event: &str, status: i64, status_text: &str| {
+                serde_json::json!({
+                    "event": event,
+                    "status": status,
+                    "status_text": status_text,
+                    "user_id": user_id,
+                    "name": name,
+                    "organization_id": args.organization_id,
+                    "load_test_id": load_test_id,
+                    "load_test_run_id": run_id,
+                    "project_id": project_id,
+                })
+                .to_string()
+                .into_bytes()
+            };
+            send(
+                &mut rng,
+                start,
+                "test.started",
+                body("test.started", 2, "Running"),
+            );
+            if let Some(outcome) = runs[run as usize] {
+                let length = args.run_duration.mul_f64(rng.random_range(0.5..=1.5));
+                let (status, text) = status_of(outcome, args.status_table);
+                send(
+                    &mut rng,
+                    start + length,
+                    "test.finished",
+                    body("test.finished", status, &text),
+                );
+            }
+        }
+    }
+    deliveries.sort_by_key(|d| d.at);
+    Plan {
+        deliveries,
+        outcomes: totals,
+        unfinished,
+    }
+}
+
+/// What the exporter answered, counted.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Summary {
+    pub posted: u64,
+    pub accepted: u64,
+    pub duplicate: u64,
+    pub ignored: u64,
+    pub errors: u64,
+}
+
+enum Answer {
+    Result(String),
+    Error(String),
+}
+
+type HttpClient = Client<HttpConnector, Full<Bytes>>;
+
+/// Posts one delivery, retrying a refused connection or a 503 (the exporter's
+/// "store busy") up to three times with a growing pause.
+async fn post(client: &HttpClient, uri: &Uri, delivery: &Delivery) -> Answer {
+    let mut last = String::new();
+    for attempt in 0..4u32 {
+        if attempt > 0 {
+            tokio::time::sleep(Duration::from_millis(100 << attempt)).await;
+        }
+        let request = Request::post(uri.clone())
+            .header("content-type", "application/json")
+            .header(
+                "user-agent",
+                "LoadImpactWebHook (loadimpact-exporter simulate)",
+            )
+            .header("x-loadimpact-id", delivery.id.as_str())
+            .header("x-loadimpact-event", delivery.event)
+            .body(Full::new(Bytes::from(delivery.body.clone())));
+        let request = match request {
+            Ok(r) => r,
+            Err(e) => return Answer::Error(format!("building the request: {e}")),
+        };
+        let response = match client.request(request).await {
+            Ok(r) => r,
+            Err(e) => {
+                last = format!("POST {uri}: {e}");
+                continue;
+            }
+        };
+        let status = response.status();
+        let body = match response.into_body().collect().await {
+            Ok(b) => b.to_bytes(),
+            Err(e) => {
+                last = format!("reading the answer: {e}");
+                continue;
+            }
+        };
+        let text = String::from_utf8_lossy(&body);
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            last = format!("{status}: {text}");
+            continue;
+        }
+        if status != StatusCode::OK {
+            return Answer::Error(format!("{status}: {text}"));
+        }
+        let result = serde_json::from_slice::<serde_json::Value>(&body)
+            .ok()
+            .and_then(|v| v.get("result")?.as_str().map(str::to_owned));
+        return match result {
+            Some(r) => Answer::Result(r),
+            None => Answer::Error(format!("200 without a result: {text}")),
+        };
+    }
+    Answer::Error(last)
+}
+
+/// Runs the simulator to completion.
+pub async fn run(args: SimulateArgs) -> anyhow::Result<()> {
+    let uri: Uri = args
+        .url
+        .parse()
+        .with_context(|| format!("--url `{}` is not a URL", args.url))?;
+    if uri.scheme_str() != Some("http") || uri.host().is_none() {
+        bail!(
+            "--url `{}`: only http://HOST[:PORT]/PATH is supported",
+            args.url
+        );
+    }
+    let plan = plan(&args);
+    let mut mix: Vec<String> = plan
+        .outcomes
+        .iter()
+        .filter(|(_, n)| *n > 0)
+        .map(|(o, n)| format!("{}={n}", o.as_str()))
+        .collect();
+    mix.push(format!("unfinished={}", plan.unfinished));
+    println!(
+        "simulate: organization {}, projects {}..={}, {} runs each, seed {}: {} webhooks to {}",
+        args.organization_id,
+        args.first_project_id,
+        args.first_project_id + args.projects - 1,
+        args.runs,
+        args.seed,
+        plan.deliveries.len(),
+        args.url
+    );
+    println!("runs by outcome: {}", mix.join(" "));
+
+    let client: HttpClient = Client::builder(TokioExecutor::new()).build_http();
+    let limit = Arc::new(Semaphore::new(args.concurrency as usize));
+    let started = Instant::now();
+    let mut tasks = JoinSet::new();
+    for delivery in plan.deliveries {
+        tokio::time::sleep_until(started + delivery.at).await;
+        let permit = Arc::clone(&limit).acquire_owned().await?;
+        let (client, uri) = (client.clone(), uri.clone());
+        tasks.spawn(async move {
+            let answer = post(&client, &uri, &delivery).await;
+            drop(permit);
+            answer
+        });
+    }
+
+    let mut summary = Summary::default();
+    let mut shown = 0;
+    while let Some(joined) = tasks.join_next().await {
+        summary.posted += 1;
+        match joined {
+            Ok(Answer::Result(r)) if r == "accepted" => summary.accepted += 1,
+            Ok(Answer::Result(r)) if r == "duplicate" => summary.duplicate += 1,
+            Ok(Answer::Result(r)) if r == "ignored" => summary.ignored += 1,
+            other => {
+                summary.errors += 1;
+                let message = match other {
+                    Ok(Answer::Result(r)) => format!("unexpected result `{r}`"),
+                    Ok(Answer::Error(e)) => e,
+                    Err(e) => format!("task failed: {e}"),
+                };
+                if shown < 5 {
+                    eprintln!("simulate: error: {message}");
+                    shown += 1;
+                }
+            }
+        }
+    }
+    println!(
+        "posted={} accepted={} duplicate={} ignored={} errors={} in {:.1}s",
+        summary.posted,
+        summary.accepted,
+        summary.duplicate,
+        summary.ignored,
+        summary.errors,
+        started.elapsed().as_secs_f64()
+    );
+    if summary.errors > 0 {
+        bail!("{} of {} webhooks failed", summary.errors, summary.posted);
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Wrapper {
+        #[command(flatten)]
+        args: SimulateArgs,
+    }
+
+    fn args(extra: &[&str]) -> SimulateArgs {
+        let argv = std::iter::once("simulate").chain(extra.iter().copied());
+        match Wrapper::try_parse_from(argv) {
+            Ok(w) => w.args,
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    fn weights(text: &str) -> OutcomeWeights {
+        text.parse().unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    #[test]
+    fn allocation_is_exact_and_proportional() {
+        let got = allocate(&weights("finished=2,failed_threshold=1"), 6);
+        assert_eq!(
+            got,
+            vec![(Outcome::Finished, 4), (Outcome::FailedThreshold, 2)]
+        );
+        let got = allocate(&weights(DEFAULT_OUTCOMES), 7);
+        assert_eq!(got.iter().map(|(_, n)| n).sum::<u64>(), 7);
+        assert_eq!(got[0], (Outcome::Finished, 5));
+    }
+
+    #[test]
+    fn bad_weights_are_refused() {
+        assert!("finished".parse::<OutcomeWeights>().is_err());
+        assert!("exploded=1".parse::<OutcomeWeights>().is_err());
+        assert!("finished=-1".parse::<OutcomeWeights>().is_err());
+        assert!("finished=0".parse::<OutcomeWeights>().is_err());
+        assert!("finished=1,finished=2".parse::<OutcomeWeights>().is_err());
+        assert!(Wrapper::try_parse_from(["simulate", "--duplicate-ratio", "1.5"]).is_err());
+        assert!(Wrapper::try_parse_from(["simulate", "--outcomes", "finished=0"]).is_err());
+    }
+
+    #[test]
+    fn statuses_follow_the_table_and_the_text_names_the_outcome() {
+        use crate::outcome::classify;
+        for table in [StatusTable::V3, StatusTable::V4] {
+            for outcome in Outcome::ALL {
+                let (code, text) = status_of(outcome, table);
+                assert_eq!(classify(Some(&text), code, table), outcome, "{text}");
+                assert_eq!(
+                    classify(None, code, table) == outcome,
+                    code != 99 || outcome == Outcome::Unknown
+                );
+            }
+        }
+        assert_eq!(
+            status_of(Outcome::AbortedByUser, StatusTable::V3),
+            (6, "Aborted by user".into())
+        );
+        assert_eq!(
+            status_of(Outcome::FailedThreshold, StatusTable::V3),
+            (12, "Failed threshold".into())
+        );
+        assert_eq!(
+            status_of(Outcome::AbortedByLimit, StatusTable::V4),
+            (9, "Aborted by limit".into())
+        );
+    }
+
+    #[test]
+    fn the_plan_is_deterministic_and_complete() {
+        let a = args(&[
+            "--projects",
+            "2",
+            "--runs",
+            "5",
+            "--unfinished-ratio",
+            "0.2",
+            "--duplicate-ratio",
+            "0.5",
+            "--seed",
+            "7",
+        ]);
+        let (p1, p2) = (plan(&a), plan(&a));
+        assert_eq!(p1, p2);
+        let other = plan(&args(&["--projects", "2", "--runs", "5", "--seed", "8"]));
+        assert_ne!(p1.deliveries, other.deliveries);
+
+        let events =
+            |plan: &Plan, event: &str| plan.deliveries.iter().filter(|d| d.event == event).count();
+        let finished: u64 = p1.outcomes.iter().map(|(_, n)| n).sum();
+        assert_eq!(p1.unfinished, 2);
+        assert_eq!(finished, 8);
+        // Every run starts (some twice); duplicates add up to the planned total.
+        assert!(events(&p1, "test.started") >= 10);
+        assert!(events(&p1, "test.finished") >= 8);
+        let mut ids: Vec<u64> = p1
+            .deliveries
+            .iter()
+            .filter_map(|d| serde_json::from_slice::<serde_json::Value>(&d.body).ok())
+            .filter(|v| v["event"] == "test.started")
+            .filter_map(|v| v["load_test_run_id"].as_u64())
+            .collect();
+        ids.sort_unstable();
+        ids.dedup();
+        assert_eq!(ids.len(), 10, "one distinct run id per run");
+        assert!(p1.deliveries.windows(2).all(|w| w[0].at <= w[1].at));
+    }
+
+    #[test]
+    fn a_url_that_is_not_http_is_refused() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build();
+        let Ok(rt) = rt else { panic!("runtime") };
+        for url in ["https://example.invalid/webhook", "not a url", "/webhook"] {
+            let result = rt.block_on(run(args(&["--url", url, "--runs", "1"])));
+            assert!(result.is_err(), "{url} was accepted");
+        }
+    }
+}
