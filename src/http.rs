@@ -1,0 +1,293 @@
+//! HTTP routing: thin. Each handler reads the request, hands it to the parser
+//! or the writer, and turns the answer into a response. No state is changed
+//! here; the only write path is `writer::WriterHandle::submit`.
+
+use crate::state::{Input, Millis, Run};
+use crate::webhook::{self, Headers, WebhookError};
+use crate::writer::{Shared, WriteError, WriterHandle};
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::header::{HeaderValue, ALLOW, CONTENT_LENGTH, CONTENT_TYPE};
+use hyper::{Method, Request, Response, StatusCode};
+use serde_json::json;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// How many finished runs `GET /api/v1/runs` lists.
+const RECENT_RUNS: usize = 50;
+
+/// Everything a request handler needs.
+pub struct App {
+    pub shared: Arc<Shared>,
+    pub writer: WriterHandle,
+    pub registry: prometheus::Registry,
+    pub telemetry_path: String,
+    pub webhook_path: String,
+    pub max_body_bytes: usize,
+}
+
+pub type Body = Full<Bytes>;
+
+/// Milliseconds since the Unix epoch, now.
+pub fn now_millis() -> Millis {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| Millis::try_from(d.as_millis()).unwrap_or(Millis::MAX))
+        .unwrap_or(0)
+}
+
+fn respond(
+    status: StatusCode,
+    content_type: &'static str,
+    body: impl Into<Bytes>,
+) -> Response<Body> {
+    let mut response = Response::new(Full::new(body.into()));
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    response
+}
+
+fn json_response(status: StatusCode, value: serde_json::Value) -> Response<Body> {
+    respond(status, "application/json", value.to_string())
+}
+
+fn error_response(status: StatusCode, message: &str, field: Option<&str>) -> Response<Body> {
+    let mut body = json!({ "result": "rejected", "error": message });
+    if let Some(field) = field {
+        body["field"] = json!(field);
+    }
+    json_response(status, body)
+}
+
+/// Routes one request.
+pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Response<Body> {
+    let path = req.uri().path().to_owned();
+    if path == app.webhook_path {
+        return webhook(&app, req).await;
+    }
+    let method = req.method().clone();
+    if method != Method::GET && method != Method::HEAD {
+        let mut resp = error_response(StatusCode::METHOD_NOT_ALLOWED, "use GET", None);
+        resp.headers_mut()
+            .insert(ALLOW, HeaderValue::from_static("GET, HEAD"));
+        return resp;
+    }
+    match path.as_str() {
+        p if p == app.telemetry_path => {
+            let body = {
+                let state = app.shared.read();
+                crate::metrics::render(&state, &app.shared.machine, now_millis(), &app.registry)
+            };
+            respond(
+                StatusCode::OK,
+                "text/plain; version=0.0.4; charset=utf-8",
+                body,
+            )
+        }
+        "/-/healthy" => respond(StatusCode::OK, "text/plain; charset=utf-8", "Healthy.\n"),
+        "/-/ready" => {
+            if app.shared.is_ready() {
+                respond(StatusCode::OK, "text/plain; charset=utf-8", "Ready.\n")
+            } else {
+                respond(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "text/plain; charset=utf-8",
+                    "Not ready: the store is not open.\n",
+                )
+            }
+        }
+        "/api/v1/runs" => runs(&app),
+        "/" => respond(
+            StatusCode::OK,
+            "text/html; charset=utf-8",
+            landing_page(&app),
+        ),
+        _ => error_response(StatusCode::NOT_FOUND, "not found", None),
+    }
+}
+
+/// `POST <webhook path>`: parse, submit, answer only once durable.
+async fn webhook(app: &App, req: Request<Incoming>) -> Response<Body> {
+    let at = now_millis();
+    let (code, response) = match read_and_parse(app, req).await {
+        Err(rejection) => rejection,
+        Ok(delivery) => {
+            let input = Input::Webhook {
+                request_id: delivery.request_id,
+                event: delivery.event,
+                at,
+            };
+            return match app.writer.submit(input).await {
+                Ok(Some(applied)) => {
+                    json_response(StatusCode::OK, json!({ "result": applied.result.as_str() }))
+                }
+                Ok(None) => error_response(StatusCode::INTERNAL_SERVER_ERROR, "not applied", None),
+                Err(e @ WriteError::Store(_)) | Err(e @ WriteError::Closed) => error_response(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    &format!("{e}; retry later"),
+                    None,
+                ),
+            };
+        }
+    };
+    // A rejected request changes no run metric; it is counted by its code.
+    if let Err(e) = app.writer.submit(Input::Rejected { code }).await {
+        tracing::warn!(error = %e, code, "cannot count a rejected request");
+    }
+    response
+}
+
+type Rejection = (u16, Response<Body>);
+
+fn reject(status: StatusCode, message: &str, field: Option<&str>) -> Rejection {
+    (status.as_u16(), error_response(status, message, field))
+}
+
+async fn read_and_parse(app: &App, req: Request<Incoming>) -> Result<webhook::Delivery, Rejection> {
+    if req.method() != Method::POST {
+        let (code, mut resp) = reject(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "the webhook takes POST",
+            None,
+        );
+        resp.headers_mut()
+            .insert(ALLOW, HeaderValue::from_static("POST"));
+        return Err((code, resp));
+    }
+    let too_large = || {
+        reject(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            &format!("body is larger than {} bytes", app.max_body_bytes),
+            None,
+        )
+    };
+    let declared = req
+        .headers()
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|len| len > app.max_body_bytes as u64) {
+        return Err(too_large());
+    }
+    let header = |name: &str| {
+        req.headers()
+            .get(name)
+            .map(|v| v.to_str().map(str::to_owned).map_err(|_| name.to_owned()))
+            .transpose()
+    };
+    let header_error = |name: String| {
+        reject(
+            StatusCode::BAD_REQUEST,
+            &format!("header {name} is not valid text"),
+            None,
+        )
+    };
+    let content_type = header("content-type").map_err(header_error)?;
+    let event = header("x-loadimpact-event").map_err(header_error)?;
+    let request_id = header("x-loadimpact-id").map_err(header_error)?;
+
+    let body = match Limited::new(req.into_body(), app.max_body_bytes)
+        .collect()
+        .await
+    {
+        Ok(collected) => collected.to_bytes(),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => return Err(too_large()),
+        Err(e) => {
+            return Err(reject(
+                StatusCode::BAD_REQUEST,
+                &format!("cannot read the body: {e}"),
+                None,
+            ))
+        }
+    };
+    let headers = Headers {
+        content_type: content_type.as_deref(),
+        event: event.as_deref(),
+        request_id: request_id.as_deref(),
+    };
+    webhook::parse(headers, &body).map_err(|e: WebhookError| {
+        let status = StatusCode::from_u16(e.status()).unwrap_or(StatusCode::BAD_REQUEST);
+        tracing::debug!(error = %e, status = status.as_u16(), "webhook rejected");
+        reject(status, &e.to_string(), e.field())
+    })
+}
+
+fn seconds(at: Option<Millis>) -> serde_json::Value {
+    at.map_or(serde_json::Value::Null, |ms| json!(ms as f64 / 1000.0))
+}
+
+fn run_json(id: u64, run: &Run) -> serde_json::Value {
+    json!({
+        "load_test_run_id": id,
+        "load_test_id": run.load_test_id,
+        "organization_id": run.project.organization_id,
+        "project_id": run.project.project_id,
+        "user_id": run.user_id,
+        "name": run.name,
+        "started_at": seconds(run.started_at),
+        "finished_at": seconds(run.finished_at),
+        "expired_at": seconds(run.expired_at),
+        "status": run.status,
+        "status_text": run.status_text,
+        "outcome": run.outcome.map(|o| o.as_str()),
+        "duration_seconds": match (run.started_at, run.finished_at) {
+            (Some(s), Some(f)) if !run.started_late => json!((f - s).max(0) as f64 / 1000.0),
+            _ => serde_json::Value::Null,
+        },
+    })
+}
+
+/// `GET /api/v1/runs`: runs now running and the most recent finished ones.
+fn runs(app: &App) -> Response<Body> {
+    let state = app.shared.read();
+    let mut running: Vec<_> = state.runs.iter().filter(|(_, r)| r.is_running()).collect();
+    running.sort_by_key(|(id, r)| (std::cmp::Reverse(r.started_at), **id));
+    let mut finished: Vec<_> = state
+        .runs
+        .iter()
+        .filter(|(_, r)| r.finished_at.is_some())
+        .collect();
+    finished.sort_by_key(|(id, r)| (std::cmp::Reverse(r.finished_at), **id));
+    finished.truncate(RECENT_RUNS);
+    json_response(
+        StatusCode::OK,
+        json!({
+            "running": running.iter().map(|(id, r)| run_json(**id, r)).collect::<Vec<_>>(),
+            "recent": finished.iter().map(|(id, r)| run_json(**id, r)).collect::<Vec<_>>(),
+        }),
+    )
+}
+
+fn landing_page(app: &App) -> String {
+    format!(
+        r#"<!DOCTYPE html>
+<html>
+<head><meta charset="utf-8"><title>Load Impact Exporter</title></head>
+<body>
+<h1>Load Impact Exporter</h1>
+<p>Version {version} (revision {revision}). Receives Load Impact webhooks at <code>POST {webhook}</code>.</p>
+<ul>
+<li><a href="{metrics}">Metrics</a></li>
+<li><a href="/api/v1/runs">Runs</a> (running and recent, JSON)</li>
+<li><a href="/-/healthy">Health</a></li>
+<li><a href="/-/ready">Readiness</a></li>
+</ul>
+</body>
+</html>
+"#,
+        version = crate::metrics::VERSION,
+        revision = crate::metrics::REVISION,
+        webhook = html_escape(&app.webhook_path),
+        metrics = html_escape(&app.telemetry_path),
+    )
+}
+
+fn html_escape(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}

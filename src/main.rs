@@ -1,0 +1,26 @@
+//! The `loadimpact-exporter` binary: parse the flags, set up logging, run.
+
+use clap::Parser;
+use loadimpact_exporter::config::{Cli, Command};
+use std::process::ExitCode;
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if let Err(e) = loadimpact_exporter::logging::init(&cli.server.log_level, cli.server.log_format)
+    {
+        eprintln!("loadimpact-exporter: {e:#}");
+        return ExitCode::from(2);
+    }
+    let result = match cli.command {
+        Some(Command::Simulate(args)) => loadimpact_exporter::simulate::run(args).await,
+        None => loadimpact_exporter::server::run(cli.server).await,
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = format!("{e:#}"), "exiting");
+            ExitCode::FAILURE
+        }
+    }
+}

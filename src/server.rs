@@ -1,0 +1,151 @@
+//! Wiring and lifecycle: open the store, start the writer and the clock,
+//! accept connections, and shut down in order on SIGTERM or SIGINT
+//! (stop accepting, let in-flight requests finish, commit, close the store).
+
+use crate::config::ServerArgs;
+use crate::http::{handle, now_millis, App};
+use crate::state::Input;
+use crate::store::{RedbStore, Store};
+use crate::writer::{self, Shared, WriterMetrics};
+use anyhow::Context;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+
+/// How often the clock ticks (expiry of runs, forgetting of old entries).
+const TICK: Duration = Duration::from_secs(1);
+/// How long in-flight requests get to finish after a shutdown signal.
+const DRAIN: Duration = Duration::from_secs(25);
+
+/// Runs the exporter until SIGTERM or SIGINT.
+pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
+    let store = RedbStore::open(&args.storage_path)
+        .with_context(|| format!("opening the store in {}", args.storage_path.display()))?;
+    let state = store.load().context("reading the store")?;
+    tracing::info!(
+        path = %store.path().display(),
+        runs = state.runs.len(),
+        load_tests = state.load_tests.len(),
+        "store open"
+    );
+    let shared = Arc::new(Shared::new(state, args.machine()));
+
+    let registry = prometheus::Registry::new();
+    registry
+        .register(Box::new(
+            prometheus::process_collector::ProcessCollector::for_self(),
+        ))
+        .context("registering the process collector")?;
+    let writer_metrics = WriterMetrics::register(&registry).context("registering metrics")?;
+    let (writer, writer_thread) = writer::spawn(Box::new(store), shared.clone(), writer_metrics)
+        .context("starting the store writer")?;
+
+    let clock = {
+        let writer = writer.clone();
+        tokio::spawn(async move {
+            let mut interval = tokio::time::interval(TICK);
+            interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                interval.tick().await;
+                if writer
+                    .send(Input::Tick { now: now_millis() })
+                    .await
+                    .is_err()
+                {
+                    break;
+                }
+            }
+        })
+    };
+
+    let listener = TcpListener::bind(args.listen_address)
+        .await
+        .with_context(|| format!("listening on {}", args.listen_address))?;
+    tracing::info!(
+        address = %listener.local_addr().unwrap_or(args.listen_address),
+        webhook = %args.webhook_path,
+        metrics = %args.telemetry_path,
+        version = crate::metrics::VERSION,
+        "listening"
+    );
+
+    let app = Arc::new(App {
+        shared: shared.clone(),
+        writer,
+        registry,
+        telemetry_path: args.telemetry_path.clone(),
+        webhook_path: args.webhook_path.clone(),
+        max_body_bytes: args.max_body_bytes,
+    });
+    let builder = auto::Builder::new(TokioExecutor::new());
+    let graceful = GracefulShutdown::new();
+    let mut signal = std::pin::pin!(shutdown_signal());
+
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let (stream, peer) = match accepted {
+                    Ok(conn) => conn,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                let app = app.clone();
+                let service = service_fn(move |req| {
+                    let app = app.clone();
+                    async move { Ok::<_, std::convert::Infallible>(handle(app, req).await) }
+                });
+                let conn = builder.serve_connection(TokioIo::new(stream), service).into_owned();
+                let conn = graceful.watch(conn);
+                tokio::spawn(async move {
+                    if let Err(e) = conn.await {
+                        tracing::debug!(error = %e, %peer, "connection ended with an error");
+                    }
+                });
+            }
+            signal = &mut signal => {
+                tracing::info!(signal, "shutting down: no new connections, draining in-flight requests");
+                break;
+            }
+        }
+    }
+    drop(listener);
+    if tokio::time::timeout(DRAIN, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!("in-flight requests did not finish in {DRAIN:?}; closing anyway");
+    }
+    clock.abort();
+    let _ = clock.await;
+    // The writer stops once the last handle is gone: it commits what is left
+    // and closes the store.
+    drop(app);
+    tokio::task::spawn_blocking(move || writer_thread.join())
+        .await
+        .context("joining the store writer")?
+        .map_err(|_| anyhow::anyhow!("the store writer panicked"))?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn shutdown_signal() -> &'static str {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        tracing::error!("cannot install signal handlers; stop with SIGKILL");
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => "SIGTERM",
+        _ = int.recv() => "SIGINT",
+    }
+}

@@ -1,0 +1,539 @@
+//! The state machine: what every delivery does to the exporter's state.
+//!
+//! [`State`] holds everything the metrics are rendered from: runs, the
+//! de-duplication window, load tests and every counter and histogram.
+//! [`Machine::apply`] takes one [`Input`] (a parsed webhook, a rejected request
+//! or a clock tick) and decides every count. It is pure: time comes in with the
+//! input, and each change is recorded as a [`Key`] in [`Changes`] so the store
+//! writes exactly the entries that moved. Restart-safety follows: the store
+//! holds the same maps, so state loaded after a crash is the state that was
+//! acknowledged.
+
+use crate::outcome::{classify, Outcome, StatusTable};
+use crate::webhook::{Event, Project, RunEvent, RunEventKind};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::time::Duration;
+
+/// Milliseconds since the Unix epoch.
+pub type Millis = i64;
+
+/// Upper bounds (seconds) of the run duration histogram: seconds to a day.
+pub const DURATION_BUCKETS: [f64; 14] = [
+    10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 900.0, 1800.0, 3600.0, 7200.0, 14400.0, 28800.0,
+    43200.0, 86400.0,
+];
+
+/// What became of a delivery: the `result` label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EventResult {
+    /// Counted.
+    Accepted,
+    /// Seen before (same request id, or same run and event): changes nothing else.
+    Duplicate,
+    /// A start that arrived after its run's finish: counted as started, never running.
+    Ignored,
+}
+
+impl EventResult {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventResult::Accepted => "accepted",
+            EventResult::Duplicate => "duplicate",
+            EventResult::Ignored => "ignored",
+        }
+    }
+}
+
+/// One load test run, as far as the exporter has seen it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Run {
+    pub project: Project,
+    pub load_test_id: u64,
+    pub user_id: Option<u64>,
+    pub name: Option<String>,
+    /// When `test.started` was received.
+    pub started_at: Option<Millis>,
+    /// When `test.finished` was received.
+    pub finished_at: Option<Millis>,
+    /// When the run was taken off `running` for lack of a finish.
+    pub expired_at: Option<Millis>,
+    /// The started event came after the finished one.
+    #[serde(default)]
+    pub started_late: bool,
+    /// Raw status code and text of the finish.
+    pub status: Option<i64>,
+    pub status_text: Option<String>,
+    pub outcome: Option<Outcome>,
+    /// The last time any event for this run was applied (retention clock).
+    pub last_event_at: Millis,
+}
+
+impl Run {
+    /// Started, not finished, not expired.
+    pub fn is_running(&self) -> bool {
+        self.started_at.is_some()
+            && self.finished_at.is_none()
+            && self.expired_at.is_none()
+            && !self.started_late
+    }
+}
+
+/// A load test's metadata and the status of its latest finished run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LoadTest {
+    pub project: Project,
+    pub name: Option<String>,
+    pub last_status: Option<i64>,
+    pub last_seen: Millis,
+}
+
+/// A counter's identity: metric and labels.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum CounterKey {
+    /// `loadimpact_webhook_requests_total{code}`
+    Requests { code: u16 },
+    /// `loadimpact_webhook_events_total{event,result}`
+    Events { event: String, result: EventResult },
+    /// `loadimpact_test_runs_started_total`
+    Started(Project),
+    /// `loadimpact_test_runs_finished_total`
+    Finished(Project, Outcome),
+    /// `loadimpact_test_runs_expired_total`
+    Expired(Project),
+}
+
+/// A histogram's buckets (not cumulative; the last one is +Inf), sum and count.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Histogram {
+    pub buckets: Vec<u64>,
+    pub sum: f64,
+    pub count: u64,
+}
+
+impl Default for Histogram {
+    fn default() -> Self {
+        Histogram {
+            buckets: vec![0; DURATION_BUCKETS.len() + 1],
+            sum: 0.0,
+            count: 0,
+        }
+    }
+}
+
+impl Histogram {
+    pub fn observe(&mut self, value: f64) {
+        let index = DURATION_BUCKETS
+            .iter()
+            .position(|bound| value <= *bound)
+            .unwrap_or(DURATION_BUCKETS.len());
+        if let Some(bucket) = self.buckets.get_mut(index) {
+            *bucket += 1;
+        }
+        self.sum += value;
+        self.count += 1;
+    }
+}
+
+/// The identity of one stored entry; what a change touched.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Key {
+    Run(u64),
+    Dedup(String),
+    LoadTest(u64),
+    Counter(CounterKey),
+    Histogram(Project, Outcome),
+    LastEvent(String),
+}
+
+/// The entries an apply touched, for the store to write (or delete, when the
+/// entry is gone from the state).
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct Changes {
+    pub keys: BTreeSet<Key>,
+}
+
+impl Changes {
+    pub fn is_empty(&self) -> bool {
+        self.keys.is_empty()
+    }
+    fn touch(&mut self, key: Key) {
+        self.keys.insert(key);
+    }
+}
+
+/// Everything the exporter knows. Each map is one table of the store.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct State {
+    pub runs: BTreeMap<u64, Run>,
+    /// Request id -> when it was first seen.
+    pub dedup: HashMap<String, Millis>,
+    pub load_tests: BTreeMap<u64, LoadTest>,
+    pub counters: BTreeMap<CounterKey, u64>,
+    pub histograms: BTreeMap<(Project, Outcome), Histogram>,
+    /// Event name -> when a delivery of it was last received.
+    pub last_event: BTreeMap<String, Millis>,
+}
+
+impl State {
+    pub fn counter(&self, key: &CounterKey) -> u64 {
+        self.counters.get(key).copied().unwrap_or(0)
+    }
+
+    /// Every project the exporter has counted a run for.
+    pub fn projects(&self) -> BTreeSet<Project> {
+        self.counters
+            .keys()
+            .filter_map(|key| match key {
+                CounterKey::Started(p) | CounterKey::Finished(p, _) | CounterKey::Expired(p) => {
+                    Some(*p)
+                }
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn bump(&mut self, key: CounterKey, changes: &mut Changes) {
+        *self.counters.entry(key.clone()).or_insert(0) += 1;
+        changes.touch(Key::Counter(key));
+    }
+}
+
+/// An input to the state machine.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Input {
+    /// A valid delivery, received at `at`.
+    Webhook {
+        request_id: Option<String>,
+        event: Event,
+        at: Millis,
+    },
+    /// A request to the webhook path that was answered `code` without being applied.
+    Rejected { code: u16 },
+    /// The clock moved: expire runs and forget what is past its retention.
+    Tick { now: Millis },
+}
+
+/// What applying a webhook decided, for the response and the log line.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Applied {
+    pub result: EventResult,
+    pub event: &'static str,
+    pub run_id: Option<u64>,
+    pub outcome: Option<Outcome>,
+    pub status: Option<i64>,
+    pub duration_seconds: Option<f64>,
+}
+
+/// The state machine's settings (from the flags).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Machine {
+    pub status_table: StatusTable,
+    /// A request id is remembered this long.
+    pub dedup_ttl: Millis,
+    /// A run with no finish leaves `running` after this long.
+    pub run_max_duration: Millis,
+    /// A load test's series go away after this long without events.
+    pub series_ttl: Millis,
+    /// The abort ratio looks back this far.
+    pub abort_window: Millis,
+}
+
+impl Default for Machine {
+    fn default() -> Self {
+        Machine {
+            status_table: StatusTable::V3,
+            dedup_ttl: millis(Duration::from_secs(24 * 3600)),
+            run_max_duration: millis(Duration::from_secs(24 * 3600)),
+            series_ttl: millis(Duration::from_secs(7 * 24 * 3600)),
+            abort_window: millis(Duration::from_secs(3600)),
+        }
+    }
+}
+
+/// A duration in whole milliseconds, saturating.
+pub fn millis(d: Duration) -> Millis {
+    Millis::try_from(d.as_millis()).unwrap_or(Millis::MAX)
+}
+
+impl Machine {
+    /// How long a run that has ended is kept: long enough to recognise a
+    /// repeated event for it and to compute the abort ratio over its window.
+    pub fn run_retention(&self) -> Millis {
+        self.dedup_ttl.max(self.abort_window)
+    }
+
+    /// Applies one input. Returns what a webhook decided (`None` for other inputs).
+    pub fn apply(&self, state: &mut State, input: Input, changes: &mut Changes) -> Option<Applied> {
+        match input {
+            Input::Webhook {
+                request_id,
+                event,
+                at,
+            } => Some(self.webhook(state, request_id, event, at, changes)),
+            Input::Rejected { code } => {
+                state.bump(CounterKey::Requests { code }, changes);
+                None
+            }
+            Input::Tick { now } => {
+                self.tick(state, now, changes);
+                None
+            }
+        }
+    }
+
+    fn webhook(
+        &self,
+        state: &mut State,
+        request_id: Option<String>,
+        event: Event,
+        at: Millis,
+        changes: &mut Changes,
+    ) -> Applied {
+        let name = event.name();
+        state.bump(CounterKey::Requests { code: 200 }, changes);
+        state.last_event.insert(name.to_owned(), at);
+        changes.touch(Key::LastEvent(name.to_owned()));
+
+        let seen_before = request_id.as_ref().is_some_and(|id| {
+            state
+                .dedup
+                .get(id)
+                .is_some_and(|seen| seen.saturating_add(self.dedup_ttl) > at)
+        });
+        let mut applied = if seen_before {
+            Applied {
+                result: EventResult::Duplicate,
+                event: name,
+                run_id: match &event {
+                    Event::Run(run) => Some(run.load_test_run_id),
+                    Event::NotificationChannel => None,
+                },
+                outcome: None,
+                status: None,
+                duration_seconds: None,
+            }
+        } else {
+            if let Some(id) = request_id {
+                state.dedup.insert(id.clone(), at);
+                changes.touch(Key::Dedup(id));
+            }
+            match event {
+                Event::NotificationChannel => Applied {
+                    result: EventResult::Accepted,
+                    event: name,
+                    run_id: None,
+                    outcome: None,
+                    status: None,
+                    duration_seconds: None,
+                },
+                Event::Run(run) => self.run_event(state, run, at, changes),
+            }
+        };
+        applied.event = name;
+        state.bump(
+            CounterKey::Events {
+                event: name.to_owned(),
+                result: applied.result,
+            },
+            changes,
+        );
+        applied
+    }
+
+    fn run_event(
+        &self,
+        state: &mut State,
+        event: RunEvent,
+        at: Millis,
+        changes: &mut Changes,
+    ) -> Applied {
+        let run_id = event.load_test_run_id;
+        changes.touch(Key::Run(run_id));
+        let run = state.runs.entry(run_id).or_insert_with(|| Run {
+            project: event.project,
+            load_test_id: event.load_test_id,
+            user_id: event.user_id,
+            name: event.name.clone(),
+            started_at: None,
+            finished_at: None,
+            expired_at: None,
+            started_late: false,
+            status: None,
+            status_text: None,
+            outcome: None,
+            last_event_at: at,
+        });
+        let mut applied = Applied {
+            result: EventResult::Duplicate,
+            event: event.kind.name(),
+            run_id: Some(run_id),
+            outcome: run.outcome,
+            status: run.status,
+            duration_seconds: None,
+        };
+        let project = run.project;
+        match event.kind {
+            RunEventKind::Started => {
+                if run.started_at.is_some() {
+                    return applied;
+                }
+                run.started_at = Some(at);
+                run.last_event_at = at;
+                if run.finished_at.is_some() {
+                    run.started_late = true;
+                    applied.result = EventResult::Ignored;
+                } else {
+                    applied.result = EventResult::Accepted;
+                }
+                if run.name.is_none() {
+                    run.name = event.name.clone();
+                }
+                state.bump(CounterKey::Started(project), changes);
+            }
+            RunEventKind::Finished => {
+                if run.finished_at.is_some() {
+                    return applied;
+                }
+                let outcome = classify(
+                    event.status_text.as_deref(),
+                    event.status,
+                    self.status_table,
+                );
+                run.finished_at = Some(at);
+                run.last_event_at = at;
+                run.status = Some(event.status);
+                run.status_text = event.status_text.clone();
+                run.outcome = Some(outcome);
+                if event.name.is_some() {
+                    run.name = event.name.clone();
+                }
+                applied.result = EventResult::Accepted;
+                applied.outcome = Some(outcome);
+                applied.status = Some(event.status);
+                if let Some(started) = run.started_at {
+                    let seconds = (at.saturating_sub(started)).max(0) as f64 / 1000.0;
+                    applied.duration_seconds = Some(seconds);
+                    state
+                        .histograms
+                        .entry((project, outcome))
+                        .or_default()
+                        .observe(seconds);
+                    changes.touch(Key::Histogram(project, outcome));
+                }
+                state.bump(CounterKey::Finished(project, outcome), changes);
+            }
+        }
+        self.touch_load_test(state, &event, project, at, changes);
+        applied
+    }
+
+    fn touch_load_test(
+        &self,
+        state: &mut State,
+        event: &RunEvent,
+        project: Project,
+        at: Millis,
+        changes: &mut Changes,
+    ) {
+        let test = state
+            .load_tests
+            .entry(event.load_test_id)
+            .or_insert_with(|| LoadTest {
+                project,
+                name: None,
+                last_status: None,
+                last_seen: at,
+            });
+        test.last_seen = test.last_seen.max(at);
+        if event.name.is_some() {
+            test.name = event.name.clone();
+        }
+        if event.kind == RunEventKind::Finished {
+            test.last_status = Some(event.status);
+        }
+        changes.touch(Key::LoadTest(event.load_test_id));
+    }
+
+    fn tick(&self, state: &mut State, now: Millis, changes: &mut Changes) {
+        let mut expired = Vec::new();
+        let mut forgotten = Vec::new();
+        let retention = self.run_retention();
+        for (id, run) in state.runs.iter_mut() {
+            if let Some(started) = run.started_at {
+                if run.is_running() && started.saturating_add(self.run_max_duration) <= now {
+                    run.expired_at = Some(now);
+                    run.last_event_at = now;
+                    expired.push(run.project);
+                    changes.touch(Key::Run(*id));
+                    continue;
+                }
+            }
+            let ended = run.finished_at.is_some() || run.expired_at.is_some();
+            if ended && run.last_event_at.saturating_add(retention) <= now {
+                forgotten.push(*id);
+            }
+        }
+        for project in expired {
+            state.bump(CounterKey::Expired(project), changes);
+        }
+        for id in forgotten {
+            state.runs.remove(&id);
+            changes.touch(Key::Run(id));
+        }
+        let ttl = self.dedup_ttl;
+        state.dedup.retain(|id, seen| {
+            let keep = seen.saturating_add(ttl) > now;
+            if !keep {
+                changes.keys.insert(Key::Dedup(id.clone()));
+            }
+            keep
+        });
+        let series_ttl = self.series_ttl;
+        state.load_tests.retain(|id, test| {
+            let keep = test.last_seen.saturating_add(series_ttl) > now;
+            if !keep {
+                changes.keys.insert(Key::LoadTest(*id));
+            }
+            keep
+        });
+    }
+
+    /// Per project, the share of runs finished within the abort window (up to
+    /// `now`) whose outcome is an abort. Projects with no finish in the window
+    /// are absent.
+    pub fn abort_ratios(&self, state: &State, now: Millis) -> BTreeMap<Project, f64> {
+        let mut counts: BTreeMap<Project, (u64, u64)> = BTreeMap::new();
+        let since = now.saturating_sub(self.abort_window);
+        for run in state.runs.values() {
+            let (Some(finished), Some(outcome)) = (run.finished_at, run.outcome) else {
+                continue;
+            };
+            if finished > since && finished <= now {
+                let entry = counts.entry(run.project).or_default();
+                entry.1 += 1;
+                if outcome.is_abort() {
+                    entry.0 += 1;
+                }
+            }
+        }
+        counts
+            .into_iter()
+            .map(|(project, (aborted, total))| (project, aborted as f64 / total as f64))
+            .collect()
+    }
+
+    /// Runs now running, per known project (0 for projects with none).
+    pub fn running(&self, state: &State) -> BTreeMap<Project, u64> {
+        let mut running: BTreeMap<Project, u64> =
+            state.projects().into_iter().map(|p| (p, 0)).collect();
+        for run in state.runs.values().filter(|r| r.is_running()) {
+            *running.entry(run.project).or_insert(0) += 1;
+        }
+        running
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,473 @@
+//! The state machine's tests: one per rule, then property tests of the
+//! invariants over random streams (order, duplicates, ticks).
+
+use super::*;
+use crate::store::{MemoryStore, Store};
+use proptest::prelude::*;
+
+const P1: Project = Project {
+    organization_id: 1,
+    project_id: 10,
+};
+const P2: Project = Project {
+    organization_id: 1,
+    project_id: 20,
+};
+
+fn run_event(kind: RunEventKind, run: u64, project: Project, status: i64, text: &str) -> Event {
+    Event::Run(RunEvent {
+        kind,
+        load_test_run_id: run,
+        load_test_id: run % 3,
+        project,
+        user_id: Some(5),
+        name: Some(format!("test {}", run % 3)),
+        status,
+        status_text: (!text.is_empty()).then(|| text.to_owned()),
+    })
+}
+
+fn start(run: u64, project: Project) -> Event {
+    run_event(RunEventKind::Started, run, project, 2, "Running")
+}
+
+fn finish(run: u64, project: Project, status: i64, text: &str) -> Event {
+    run_event(RunEventKind::Finished, run, project, status, text)
+}
+
+/// Run counters and duration histograms: what a duplicate must never move.
+type RunMetrics = (
+    Vec<(CounterKey, u64)>,
+    BTreeMap<(Project, Outcome), Histogram>,
+);
+
+struct Harness {
+    machine: Machine,
+    state: State,
+    store: MemoryStore,
+}
+
+impl Harness {
+    fn new() -> Harness {
+        Harness {
+            machine: Machine::default(),
+            state: State::default(),
+            store: MemoryStore::default(),
+        }
+    }
+
+    /// Applies and commits one input, and checks that the committed copy is
+    /// the state (every change was tracked).
+    fn apply(&mut self, input: Input) -> Option<Applied> {
+        let mut changes = Changes::default();
+        let applied = self.machine.apply(&mut self.state, input, &mut changes);
+        self.store.commit(&self.state, &changes).expect("commit");
+        assert_eq!(
+            self.store.load().expect("load"),
+            self.state,
+            "a change was not tracked"
+        );
+        applied
+    }
+
+    fn deliver(&mut self, id: &str, event: Event, at: Millis) -> EventResult {
+        self.apply(Input::Webhook {
+            request_id: (!id.is_empty()).then(|| id.to_owned()),
+            event,
+            at,
+        })
+        .expect("webhook answers")
+        .result
+    }
+
+    fn tick(&mut self, now: Millis) {
+        assert_eq!(self.apply(Input::Tick { now }), None);
+    }
+
+    fn counter(&self, key: CounterKey) -> u64 {
+        self.state.counter(&key)
+    }
+
+    fn running(&self, project: Project) -> u64 {
+        self.machine
+            .running(&self.state)
+            .get(&project)
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// The run-level part of the state: everything but the delivery counters.
+    fn run_metrics(&self) -> RunMetrics {
+        let counters = self
+            .state
+            .counters
+            .iter()
+            .filter(|(k, _)| {
+                matches!(
+                    k,
+                    CounterKey::Started(_) | CounterKey::Finished(..) | CounterKey::Expired(_)
+                )
+            })
+            .map(|(k, v)| (k.clone(), *v))
+            .collect();
+        (counters, self.state.histograms.clone())
+    }
+}
+
+#[test]
+fn start_then_finish_counts_once_and_observes_the_duration() {
+    let mut h = Harness::new();
+    assert_eq!(h.deliver("a", start(1, P1), 1_000), EventResult::Accepted);
+    assert_eq!(h.running(P1), 1);
+    assert_eq!(
+        h.deliver("b", finish(1, P1, 3, "Finished"), 91_000),
+        EventResult::Accepted
+    );
+    assert_eq!(h.running(P1), 0);
+    assert_eq!(h.counter(CounterKey::Started(P1)), 1);
+    assert_eq!(h.counter(CounterKey::Finished(P1, Outcome::Finished)), 1);
+    let hist = &h.state.histograms[&(P1, Outcome::Finished)];
+    assert_eq!(hist.count, 1);
+    assert_eq!(hist.sum, 90.0);
+    // 90 s falls in the (60, 120] bucket, index 3.
+    assert_eq!(hist.buckets[3], 1);
+    assert_eq!(hist.buckets.iter().sum::<u64>(), 1);
+    assert_eq!(h.state.load_tests[&1].last_status, Some(3));
+    assert_eq!(
+        h.counter(CounterKey::Events {
+            event: "test.finished".into(),
+            result: EventResult::Accepted
+        }),
+        1
+    );
+    assert_eq!(h.counter(CounterKey::Requests { code: 200 }), 2);
+    assert_eq!(h.state.last_event["test.finished"], 91_000);
+}
+
+#[test]
+fn a_repeated_request_id_is_a_duplicate_and_changes_no_run_metric() {
+    let mut h = Harness::new();
+    h.deliver("a", start(1, P1), 1_000);
+    let before = h.run_metrics();
+    let runs = h.state.runs.clone();
+    assert_eq!(h.deliver("a", start(1, P1), 2_000), EventResult::Duplicate);
+    // Even with another body: the id decides.
+    assert_eq!(
+        h.deliver("a", finish(1, P1, 3, "Finished"), 3_000),
+        EventResult::Duplicate
+    );
+    assert_eq!(h.run_metrics(), before);
+    assert_eq!(h.state.runs, runs);
+    assert_eq!(
+        h.counter(CounterKey::Events {
+            event: "test.started".into(),
+            result: EventResult::Duplicate
+        }),
+        1
+    );
+    assert_eq!(
+        h.counter(CounterKey::Events {
+            event: "test.finished".into(),
+            result: EventResult::Duplicate
+        }),
+        1
+    );
+}
+
+#[test]
+fn the_same_run_and_event_under_a_new_id_is_a_duplicate() {
+    let mut h = Harness::new();
+    h.deliver("a", start(1, P1), 1_000);
+    h.deliver("b", finish(1, P1, 6, "Aborted by user"), 2_000);
+    let before = h.run_metrics();
+    assert_eq!(h.deliver("c", start(1, P1), 3_000), EventResult::Duplicate);
+    assert_eq!(
+        h.deliver("d", finish(1, P1, 3, "Finished"), 4_000),
+        EventResult::Duplicate
+    );
+    assert_eq!(h.deliver("", start(1, P1), 5_000), EventResult::Duplicate);
+    assert_eq!(h.run_metrics(), before);
+    assert_eq!(h.state.runs[&1].outcome, Some(Outcome::AbortedByUser));
+}
+
+#[test]
+fn finish_before_start_counts_the_finish_and_never_shows_running() {
+    let mut h = Harness::new();
+    assert_eq!(
+        h.deliver("f", finish(7, P1, 12, "Failed threshold"), 5_000),
+        EventResult::Accepted
+    );
+    assert_eq!(h.running(P1), 0);
+    assert_eq!(
+        h.counter(CounterKey::Finished(P1, Outcome::FailedThreshold)),
+        1
+    );
+    assert!(h.state.histograms.is_empty(), "no start, no duration");
+    assert_eq!(h.deliver("s", start(7, P1), 6_000), EventResult::Ignored);
+    assert_eq!(h.running(P1), 0);
+    assert_eq!(h.counter(CounterKey::Started(P1)), 1);
+    assert!(h.state.histograms.is_empty());
+    // And the late start is itself deduplicated.
+    assert_eq!(h.deliver("s2", start(7, P1), 7_000), EventResult::Duplicate);
+    assert_eq!(h.counter(CounterKey::Started(P1)), 1);
+}
+
+#[test]
+fn a_run_with_no_finish_expires_after_the_maximum_duration() {
+    let mut h = Harness::new();
+    let max = h.machine.run_max_duration;
+    h.deliver("a", start(1, P1), 1_000);
+    h.tick(1_000 + max - 1);
+    assert_eq!(h.running(P1), 1);
+    assert_eq!(h.counter(CounterKey::Expired(P1)), 0);
+    h.tick(1_000 + max);
+    assert_eq!(h.running(P1), 0);
+    assert_eq!(h.counter(CounterKey::Expired(P1)), 1);
+    h.tick(1_000 + max + 5);
+    assert_eq!(h.counter(CounterKey::Expired(P1)), 1, "expires once");
+    // A finish that still comes is counted, with its duration.
+    h.deliver("b", finish(1, P1, 4, "Timed out"), 2_000 + max);
+    assert_eq!(h.counter(CounterKey::Finished(P1, Outcome::TimedOut)), 1);
+    assert_eq!(h.state.histograms[&(P1, Outcome::TimedOut)].count, 1);
+}
+
+#[test]
+fn request_ids_and_ended_runs_are_forgotten_after_their_retention() {
+    let mut h = Harness::new();
+    let ttl = h.machine.dedup_ttl;
+    h.deliver("a", start(1, P1), 0);
+    h.deliver("b", finish(1, P1, 3, "Finished"), 10);
+    h.tick(ttl - 1);
+    assert_eq!(h.state.dedup.len(), 2);
+    assert_eq!(h.state.runs.len(), 1);
+    h.tick(ttl + 10);
+    assert!(h.state.dedup.is_empty());
+    assert!(h.state.runs.is_empty());
+    // Counters are never forgotten.
+    assert_eq!(h.counter(CounterKey::Finished(P1, Outcome::Finished)), 1);
+}
+
+#[test]
+fn load_test_series_go_away_after_the_series_ttl() {
+    let mut h = Harness::new();
+    h.deliver("a", finish(3, P1, 3, "Finished"), 0);
+    assert!(h.state.load_tests.contains_key(&0));
+    h.tick(h.machine.series_ttl - 1);
+    assert!(h.state.load_tests.contains_key(&0));
+    h.tick(h.machine.series_ttl);
+    assert!(h.state.load_tests.is_empty());
+}
+
+#[test]
+fn abort_ratio_counts_runs_finished_within_the_window() {
+    let mut h = Harness::new();
+    let window = h.machine.abort_window;
+    h.deliver("1", finish(1, P1, 6, "Aborted by user"), 0);
+    h.deliver("2", finish(2, P1, 3, "Finished"), 10);
+    h.deliver("3", finish(3, P1, 12, "Failed threshold"), 20);
+    h.deliver("4", finish(4, P1, 11, "Aborted by threshold"), 30);
+    h.deliver("5", finish(5, P2, 3, "Finished"), 30);
+    let ratios = h.machine.abort_ratios(&h.state, 40);
+    assert_eq!(
+        ratios[&P1], 0.5,
+        "2 aborts of 4; failed_threshold is no abort"
+    );
+    assert_eq!(ratios[&P2], 0.0);
+    // The first finish leaves the window.
+    let ratios = h.machine.abort_ratios(&h.state, window + 5);
+    assert_eq!(ratios[&P1], 1.0 / 3.0);
+    // Nothing in the window: no series.
+    assert!(h.machine.abort_ratios(&h.state, window + 100).is_empty());
+}
+
+#[test]
+fn rejections_count_only_their_code() {
+    let mut h = Harness::new();
+    assert_eq!(h.apply(Input::Rejected { code: 400 }), None);
+    assert_eq!(h.apply(Input::Rejected { code: 400 }), None);
+    assert_eq!(h.counter(CounterKey::Requests { code: 400 }), 2);
+    assert_eq!(h.state.counters.len(), 1);
+    assert!(h.state.runs.is_empty() && h.state.last_event.is_empty());
+}
+
+#[test]
+fn notification_channel_is_accepted_and_touches_no_run() {
+    let mut h = Harness::new();
+    assert_eq!(
+        h.deliver("x", Event::NotificationChannel, 1),
+        EventResult::Accepted
+    );
+    assert_eq!(
+        h.deliver("x", Event::NotificationChannel, 2),
+        EventResult::Duplicate
+    );
+    assert!(h.state.runs.is_empty());
+    assert!(h.state.projects().is_empty());
+}
+
+#[test]
+fn the_status_table_decides_unknown_texts() {
+    let mut h = Harness::new();
+    h.machine.status_table = StatusTable::V4;
+    h.deliver("a", finish(1, P1, 9, ""), 0);
+    h.deliver("b", finish(2, P1, 42, "Brand new state"), 0);
+    assert_eq!(
+        h.counter(CounterKey::Finished(P1, Outcome::AbortedByLimit)),
+        1
+    );
+    assert_eq!(h.counter(CounterKey::Finished(P1, Outcome::Unknown)), 1);
+    assert_eq!(h.state.runs[&2].status, Some(42), "raw code kept");
+}
+
+// ---- properties -----------------------------------------------------------
+
+/// One delivery in a random stream: which run, which event, a retry or not.
+#[derive(Debug, Clone)]
+struct Step {
+    run: u64,
+    finish: bool,
+    /// 0: Load Impact's own id for this (run, event); 1: a fresh id (a
+    /// re-send); 2: no id at all.
+    id_kind: u8,
+}
+
+fn step() -> impl Strategy<Value = Step> {
+    (0u64..12, any::<bool>(), 0u8..3).prop_map(|(run, finish, id_kind)| Step {
+        run,
+        finish,
+        id_kind,
+    })
+}
+
+fn project_of(run: u64) -> Project {
+    if run % 2 == 0 {
+        P1
+    } else {
+        P2
+    }
+}
+
+/// Each run's fixed final status (status, text), so that every delivery of a
+/// run's finish carries the same body, as Load Impact's retries do.
+fn status_of(run: u64) -> (i64, &'static str) {
+    [
+        (3, "Finished"),
+        (6, "Aborted by user"),
+        (12, "Failed threshold"),
+        (8, ""),
+        (99, "Something new"),
+    ][(run % 5) as usize]
+}
+
+fn event_of(step: &Step) -> Event {
+    if step.finish {
+        let (status, text) = status_of(step.run);
+        finish(step.run, project_of(step.run), status, text)
+    } else {
+        start(step.run, project_of(step.run))
+    }
+}
+
+fn play(steps: &[Step]) -> Harness {
+    let mut h = Harness::new();
+    for (i, s) in steps.iter().enumerate() {
+        let id = match s.id_kind {
+            0 => format!("{}-{}", s.run, s.finish),
+            1 => format!("resend-{i}"),
+            _ => String::new(),
+        };
+        h.deliver(&id, event_of(s), 1_000 * i as i64);
+        if i % 7 == 3 {
+            // Ticks inside every retention: they must change no count.
+            h.tick(1_000 * i as i64);
+        }
+    }
+    h
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    /// Counts depend only on which (run, event) pairs were delivered, never on
+    /// order or on how often: a run starts at most once and finishes at most once.
+    #[test]
+    fn counts_are_exact_whatever_the_order_and_duplicates(steps in prop::collection::vec(step(), 0..60)) {
+        let h = play(&steps);
+        for project in [P1, P2] {
+            let started: BTreeSet<u64> = steps.iter()
+                .filter(|s| !s.finish && project_of(s.run) == project).map(|s| s.run).collect();
+            let finished: BTreeSet<u64> = steps.iter()
+                .filter(|s| s.finish && project_of(s.run) == project).map(|s| s.run).collect();
+            prop_assert_eq!(h.counter(CounterKey::Started(project)), started.len() as u64);
+            let total: u64 = Outcome::ALL.iter()
+                .map(|o| h.counter(CounterKey::Finished(project, *o))).sum();
+            prop_assert_eq!(total, finished.len() as u64);
+            for outcome in Outcome::ALL {
+                let want = finished.iter().filter(|run| {
+                    let (status, text) = status_of(**run);
+                    classify((!text.is_empty()).then_some(text), status, StatusTable::V3) == outcome
+                }).count() as u64;
+                prop_assert_eq!(h.counter(CounterKey::Finished(project, outcome)), want);
+            }
+            // Running: started, not finished.
+            prop_assert_eq!(h.running(project), started.difference(&finished).count() as u64);
+            // A duration for each run whose start came before its finish.
+            let timed = finished.iter().filter(|run| {
+                let first_start = steps.iter().position(|s| s.run == **run && !s.finish);
+                let first_finish = steps.iter().position(|s| s.run == **run && s.finish);
+                matches!((first_start, first_finish), (Some(a), Some(b)) if a < b)
+            }).count() as u64;
+            let observed: u64 = h.state.histograms.iter()
+                .filter(|((p, _), _)| *p == project).map(|(_, hist)| hist.count).sum();
+            prop_assert_eq!(observed, timed);
+        }
+        // Every delivery is answered once and counted once.
+        let events: u64 = h.state.counters.iter()
+            .filter(|(k, _)| matches!(k, CounterKey::Events { .. })).map(|(_, v)| *v).sum();
+        prop_assert_eq!(events, steps.len() as u64);
+        prop_assert_eq!(h.counter(CounterKey::Requests { code: 200 }), steps.len() as u64);
+    }
+
+    /// Replaying every delivery again (Load Impact retrying it all, under new
+    /// ids) changes no run metric.
+    #[test]
+    fn replaying_the_stream_changes_no_run_metric(steps in prop::collection::vec(step(), 0..40)) {
+        let mut h = play(&steps);
+        let before = h.run_metrics();
+        for (i, s) in steps.iter().enumerate() {
+            let result = h.deliver(&format!("replay-{i}"), event_of(s), 100_000 + i as i64);
+            prop_assert_eq!(result, EventResult::Duplicate);
+        }
+        prop_assert_eq!(h.run_metrics(), before);
+    }
+
+    /// Two orders of the same deliveries give the same run counters.
+    #[test]
+    fn order_does_not_change_the_counters(steps in prop::collection::vec(step(), 0..40), seed in any::<u64>()) {
+        let mut shuffled = steps.clone();
+        // A deterministic shuffle from the seed.
+        let mut x = seed | 1;
+        for i in (1..shuffled.len()).rev() {
+            x ^= x << 13; x ^= x >> 7; x ^= x << 17;
+            shuffled.swap(i, (x % (i as u64 + 1)) as usize);
+        }
+        let a = play(&steps);
+        let b = play(&shuffled);
+        prop_assert_eq!(a.run_metrics().0, b.run_metrics().0);
+        prop_assert_eq!(a.machine.running(&a.state), b.machine.running(&b.state));
+    }
+
+    /// Gauges and counters never go negative or backwards across ticks.
+    #[test]
+    fn counters_never_decrease(steps in prop::collection::vec(step(), 0..40), ticks in prop::collection::vec(0i64..200_000_000_000, 0..5)) {
+        let mut h = play(&steps);
+        let mut last = h.state.counters.clone();
+        for now in ticks {
+            h.tick(now);
+            for (key, value) in &last {
+                prop_assert!(h.state.counter(key) >= *value, "{:?} went down", key);
+            }
+            last = h.state.counters.clone();
+        }
+    }
+}

@@ -1,0 +1,426 @@
+//! Parsing and validation of one Load Impact webhook delivery.
+//!
+//! Turns the headers and body of a `POST` into a typed [`Delivery`], or into a
+//! [`WebhookError`] that says which HTTP status to answer and why. Pure: no I/O,
+//! no clock, no state, so every rejection is decided here and nothing else in
+//! the exporter ever sees a malformed event.
+
+use serde_json::{Map, Value};
+
+/// The three event names Load Impact sends.
+pub const EVENT_STARTED: &str = "test.started";
+pub const EVENT_FINISHED: &str = "test.finished";
+pub const EVENT_NOTIFICATION_CHANNEL: &str = "test.notification_channel";
+
+/// The organization and project a run belongs to: the labels of every
+/// per-project series.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
+pub struct Project {
+    pub organization_id: u64,
+    pub project_id: u64,
+}
+
+/// What a delivery says happened.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Event {
+    /// `test.started` or `test.finished` for one run.
+    Run(RunEvent),
+    /// `test.notification_channel`: the "Test Hook" button; carries no run.
+    NotificationChannel,
+}
+
+impl Event {
+    /// The event's name, as Load Impact spells it.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Event::Run(run) => run.kind.name(),
+            Event::NotificationChannel => EVENT_NOTIFICATION_CHANNEL,
+        }
+    }
+}
+
+/// Whether a run event opens or closes the run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RunEventKind {
+    Started,
+    Finished,
+}
+
+impl RunEventKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            RunEventKind::Started => EVENT_STARTED,
+            RunEventKind::Finished => EVENT_FINISHED,
+        }
+    }
+}
+
+/// The body of a `test.started` or `test.finished` event.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunEvent {
+    pub kind: RunEventKind,
+    pub load_test_run_id: u64,
+    pub load_test_id: u64,
+    pub project: Project,
+    pub user_id: Option<u64>,
+    pub name: Option<String>,
+    pub status: i64,
+    pub status_text: Option<String>,
+}
+
+/// One parsed delivery: the event and Load Impact's request id, if it sent one.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Delivery {
+    pub request_id: Option<String>,
+    pub event: Event,
+}
+
+/// The request headers the parser looks at.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Headers<'a> {
+    pub content_type: Option<&'a str>,
+    pub event: Option<&'a str>,
+    pub request_id: Option<&'a str>,
+}
+
+/// Why a delivery was rejected; each maps to one HTTP status.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum WebhookError {
+    #[error("content type {0:?} is not JSON; send application/json")]
+    UnsupportedContentType(String),
+    #[error("body is not valid JSON: {0}")]
+    InvalidJson(String),
+    #[error("body must be a JSON object")]
+    NotAnObject,
+    #[error("field `{0}` is missing")]
+    MissingField(&'static str),
+    #[error("field `{field}` must be {expected}")]
+    WrongType {
+        field: &'static str,
+        expected: &'static str,
+    },
+    #[error("header X-LoadImpact-Event is {header:?} but the body's event is {body:?}")]
+    EventMismatch { header: String, body: String },
+    #[error(
+        "unknown event {0:?}; expected test.started, test.finished or test.notification_channel"
+    )]
+    UnknownEvent(String),
+}
+
+impl WebhookError {
+    /// The HTTP status this rejection is answered with.
+    pub fn status(&self) -> u16 {
+        match self {
+            WebhookError::UnsupportedContentType(_) => 415,
+            WebhookError::UnknownEvent(_) => 422,
+            _ => 400,
+        }
+    }
+
+    /// The offending field, when one field is to blame.
+    pub fn field(&self) -> Option<&'static str> {
+        match self {
+            WebhookError::MissingField(field) | WebhookError::WrongType { field, .. } => {
+                Some(field)
+            }
+            WebhookError::EventMismatch { .. } | WebhookError::UnknownEvent(_) => Some("event"),
+            _ => None,
+        }
+    }
+}
+
+/// True for a content type whose media type is JSON (`application/json`,
+/// `application/*+json`, `text/json`), with any parameters.
+fn is_json_content_type(content_type: &str) -> bool {
+    let essence = content_type
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    essence == "application/json"
+        || essence == "text/json"
+        || (essence.starts_with("application/") && essence.ends_with("+json"))
+}
+
+/// Parses and validates one delivery.
+pub fn parse(headers: Headers<'_>, body: &[u8]) -> Result<Delivery, WebhookError> {
+    if let Some(content_type) = headers.content_type {
+        if !is_json_content_type(content_type) {
+            return Err(WebhookError::UnsupportedContentType(
+                content_type.to_owned(),
+            ));
+        }
+    }
+    let value: Value =
+        serde_json::from_slice(body).map_err(|e| WebhookError::InvalidJson(e.to_string()))?;
+    let Value::Object(object) = value else {
+        return Err(WebhookError::NotAnObject);
+    };
+
+    let body_event = match object.get("event") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) => Some(s.as_str()),
+        Some(_) => {
+            return Err(WebhookError::WrongType {
+                field: "event",
+                expected: "a string",
+            })
+        }
+    };
+    let header_event = headers.event.map(str::trim).filter(|s| !s.is_empty());
+    let event_name = match (header_event, body_event) {
+        (Some(header), Some(body)) if header != body => {
+            return Err(WebhookError::EventMismatch {
+                header: header.to_owned(),
+                body: body.to_owned(),
+            })
+        }
+        (_, Some(name)) | (Some(name), None) => name,
+        (None, None) => return Err(WebhookError::MissingField("event")),
+    };
+
+    let event = match event_name {
+        EVENT_STARTED => Event::Run(run_event(RunEventKind::Started, &object)?),
+        EVENT_FINISHED => Event::Run(run_event(RunEventKind::Finished, &object)?),
+        EVENT_NOTIFICATION_CHANNEL => Event::NotificationChannel,
+        other => return Err(WebhookError::UnknownEvent(other.to_owned())),
+    };
+    let request_id = headers
+        .request_id
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned);
+    Ok(Delivery { request_id, event })
+}
+
+fn run_event(kind: RunEventKind, object: &Map<String, Value>) -> Result<RunEvent, WebhookError> {
+    Ok(RunEvent {
+        kind,
+        load_test_run_id: required_id(object, "load_test_run_id")?,
+        load_test_id: required_id(object, "load_test_id")?,
+        project: Project {
+            organization_id: required_id(object, "organization_id")?,
+            project_id: required_id(object, "project_id")?,
+        },
+        user_id: optional(object, "user_id", id)?,
+        name: optional(object, "name", string)?,
+        status: optional(object, "status", integer)?.ok_or(WebhookError::MissingField("status"))?,
+        status_text: optional(object, "status_text", string)?,
+    })
+}
+
+fn required_id(object: &Map<String, Value>, field: &'static str) -> Result<u64, WebhookError> {
+    optional(object, field, id)?.ok_or(WebhookError::MissingField(field))
+}
+
+/// Reads `field` with `convert`; absent or `null` is `None`.
+fn optional<T>(
+    object: &Map<String, Value>,
+    field: &'static str,
+    convert: fn(&Value) -> Result<T, &'static str>,
+) -> Result<Option<T>, WebhookError> {
+    match object.get(field) {
+        None | Some(Value::Null) => Ok(None),
+        Some(value) => convert(value)
+            .map(Some)
+            .map_err(|expected| WebhookError::WrongType { field, expected }),
+    }
+}
+
+fn id(value: &Value) -> Result<u64, &'static str> {
+    value.as_u64().ok_or("a non-negative integer")
+}
+
+fn integer(value: &Value) -> Result<i64, &'static str> {
+    value.as_i64().ok_or("an integer")
+}
+
+fn string(value: &Value) -> Result<String, &'static str> {
+    value.as_str().map(str::to_owned).ok_or("a string")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn body() -> Value {
+        json!({
+            "status": 3, "status_text": "Finished", "user_id": 7, "name": "checkout",
+            "organization_id": 1, "load_test_id": 10, "load_test_run_id": 100,
+            "project_id": 2, "event": "test.finished"
+        })
+    }
+
+    fn parse_json(headers: Headers<'_>, value: &Value) -> Result<Delivery, WebhookError> {
+        parse(headers, value.to_string().as_bytes())
+    }
+
+    #[test]
+    fn parses_a_finished_event() {
+        let delivery = parse_json(
+            Headers {
+                content_type: Some("application/json; charset=utf-8"),
+                event: Some("test.finished"),
+                request_id: Some("abc"),
+            },
+            &body(),
+        )
+        .expect("valid");
+        assert_eq!(delivery.request_id.as_deref(), Some("abc"));
+        let Event::Run(run) = delivery.event else {
+            panic!("not a run event")
+        };
+        assert_eq!(run.kind, RunEventKind::Finished);
+        assert_eq!(run.load_test_run_id, 100);
+        assert_eq!(
+            run.project,
+            Project {
+                organization_id: 1,
+                project_id: 2
+            }
+        );
+        assert_eq!(run.status, 3);
+        assert_eq!(run.name.as_deref(), Some("checkout"));
+    }
+
+    #[test]
+    fn notification_channel_needs_only_the_event() {
+        let d = parse_json(
+            Headers::default(),
+            &json!({"event": "test.notification_channel"}),
+        )
+        .expect("valid");
+        assert_eq!(d.event, Event::NotificationChannel);
+        assert_eq!(d.request_id, None);
+    }
+
+    #[test]
+    fn every_required_field_is_named_when_missing() {
+        for field in [
+            "load_test_run_id",
+            "load_test_id",
+            "organization_id",
+            "project_id",
+            "status",
+        ] {
+            let mut b = body();
+            b.as_object_mut().map(|o| o.remove(field));
+            assert_eq!(
+                parse_json(Headers::default(), &b),
+                Err(WebhookError::MissingField(field))
+            );
+        }
+    }
+
+    #[test]
+    fn wrong_types_are_named() {
+        for (field, bad) in [
+            ("load_test_run_id", json!("100")),
+            ("project_id", json!(-1)),
+            ("status", json!("3")),
+            ("status_text", json!(3)),
+            ("name", json!(["x"])),
+            ("user_id", json!(1.5)),
+            ("event", json!(1)),
+        ] {
+            let mut b = body();
+            b[field] = bad;
+            let err = parse_json(Headers::default(), &b).expect_err(field);
+            assert_eq!(err.status(), 400, "{field}");
+            assert_eq!(err.field(), Some(field), "{field}");
+            assert!(err.to_string().contains(field), "{err}");
+        }
+    }
+
+    #[test]
+    fn optional_fields_may_be_null_or_absent() {
+        let mut b = body();
+        b["status_text"] = Value::Null;
+        b.as_object_mut().map(|o| o.remove("name"));
+        b.as_object_mut().map(|o| o.remove("user_id"));
+        assert!(parse_json(Headers::default(), &b).is_ok());
+    }
+
+    #[test]
+    fn header_and_body_event_must_agree() {
+        let err = parse_json(
+            Headers {
+                event: Some("test.started"),
+                ..Headers::default()
+            },
+            &body(),
+        )
+        .expect_err("mismatch");
+        assert_eq!(err.status(), 400);
+        // The header alone names the event when the body has none.
+        let mut b = body();
+        b.as_object_mut().map(|o| o.remove("event"));
+        let d = parse_json(
+            Headers {
+                event: Some("test.started"),
+                ..Headers::default()
+            },
+            &b,
+        )
+        .expect("header names the event");
+        assert_eq!(d.event.name(), "test.started");
+        assert_eq!(
+            parse_json(Headers::default(), &b),
+            Err(WebhookError::MissingField("event"))
+        );
+    }
+
+    #[test]
+    fn unknown_event_is_422_before_fields_are_checked() {
+        let err = parse_json(Headers::default(), &json!({"event": "test.created"})).expect_err("");
+        assert_eq!(err.status(), 422);
+    }
+
+    #[test]
+    fn content_types() {
+        for ok in [
+            "application/json",
+            "Application/JSON; charset=UTF-8",
+            "application/vnd.loadimpact+json",
+            "text/json",
+        ] {
+            assert!(is_json_content_type(ok), "{ok}");
+        }
+        for bad in [
+            "text/plain",
+            "application/x-www-form-urlencoded",
+            "",
+            "application/jsonx",
+        ] {
+            let err = parse(
+                Headers {
+                    content_type: Some(bad),
+                    ..Headers::default()
+                },
+                b"{}",
+            )
+            .expect_err(bad);
+            assert_eq!(err.status(), 415, "{bad}");
+        }
+    }
+
+    #[test]
+    fn bad_json_and_non_objects() {
+        assert_eq!(
+            parse(Headers::default(), b"{\"event\":").map_err(|e| e.status()),
+            Err(400)
+        );
+        assert_eq!(
+            parse(Headers::default(), b"[1,2]"),
+            Err(WebhookError::NotAnObject)
+        );
+        assert_eq!(
+            parse(Headers::default(), b"").map_err(|e| e.status()),
+            Err(400)
+        );
+    }
+}

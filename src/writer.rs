@@ -1,0 +1,334 @@
+//! The single writer: applies inputs in order and commits them in groups.
+//!
+//! Every input (webhook, rejection, tick) goes through one channel to one
+//! thread. The thread takes whatever has queued up, applies it all to the
+//! shared [`State`] with the [`Machine`], commits the touched entries in one
+//! durable transaction, and only then answers each request. Requests that
+//! arrive while a commit is in flight form the next group, so one fsync serves
+//! many requests (group commit) and durability does not cost throughput.
+//!
+//! Readers (scrapes, the runs API) take the state's read lock; the writer
+//! holds the write lock from apply to commit, so a reader never sees an
+//! entry that is not yet durable. A failed commit reloads the state from the
+//! store and answers every request of the group with an error (503).
+
+use crate::state::{Applied, Changes, Input, Machine, State};
+use crate::store::Store;
+use prometheus::{Histogram, HistogramOpts, IntCounter, Registry};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::time::Instant;
+use tokio::sync::{mpsc, oneshot};
+
+/// At most this many inputs share one commit.
+const MAX_GROUP: usize = 4096;
+
+/// The state as readers see it, with the machine that interprets it.
+pub struct Shared {
+    state: RwLock<State>,
+    pub machine: Machine,
+    ready: AtomicBool,
+}
+
+impl Shared {
+    pub fn new(state: State, machine: Machine) -> Shared {
+        Shared {
+            state: RwLock::new(state),
+            machine,
+            ready: AtomicBool::new(false),
+        }
+    }
+
+    /// Read access to the committed state.
+    pub fn read(&self) -> RwLockReadGuard<'_, State> {
+        self.state
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn write(&self) -> RwLockWriteGuard<'_, State> {
+        self.state
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// True while the writer is running and the store took its last commit.
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Acquire)
+    }
+}
+
+/// Why an input was not made durable.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum WriteError {
+    #[error("the store could not commit the event: {0}")]
+    Store(String),
+    #[error("the exporter is shutting down")]
+    Closed,
+}
+
+type Reply = oneshot::Sender<Result<Option<Applied>, WriteError>>;
+
+struct Request {
+    input: Input,
+    reply: Option<Reply>,
+}
+
+/// The writer's own telemetry: how commits go in this process.
+#[derive(Clone)]
+pub struct WriterMetrics {
+    commits: IntCounter,
+    failures: IntCounter,
+    duration: Histogram,
+    group_size: Histogram,
+}
+
+impl WriterMetrics {
+    pub fn register(registry: &Registry) -> prometheus::Result<WriterMetrics> {
+        let commits = IntCounter::new(
+            "loadimpact_exporter_store_commits_total",
+            "Durable commits made by this process.",
+        )?;
+        let failures = IntCounter::new(
+            "loadimpact_exporter_store_commit_failures_total",
+            "Commits that failed in this process (their requests were answered 503).",
+        )?;
+        let duration = Histogram::with_opts(
+            HistogramOpts::new(
+                "loadimpact_exporter_store_commit_duration_seconds",
+                "Time to apply and durably commit one group of inputs.",
+            )
+            .buckets(prometheus::exponential_buckets(0.0005, 2.0, 14)?),
+        )?;
+        let group_size = Histogram::with_opts(
+            HistogramOpts::new(
+                "loadimpact_exporter_store_inputs_per_commit",
+                "Inputs (webhooks, rejections, ticks) that shared one commit.",
+            )
+            .buckets(prometheus::exponential_buckets(1.0, 2.0, 13)?),
+        )?;
+        registry.register(Box::new(commits.clone()))?;
+        registry.register(Box::new(failures.clone()))?;
+        registry.register(Box::new(duration.clone()))?;
+        registry.register(Box::new(group_size.clone()))?;
+        Ok(WriterMetrics {
+            commits,
+            failures,
+            duration,
+            group_size,
+        })
+    }
+}
+
+/// A handle to send inputs to the writer. Cheap to clone.
+#[derive(Clone)]
+pub struct WriterHandle {
+    tx: mpsc::Sender<Request>,
+}
+
+impl WriterHandle {
+    /// Applies `input` and waits until it is durable.
+    pub async fn submit(&self, input: Input) -> Result<Option<Applied>, WriteError> {
+        let (reply, answer) = oneshot::channel();
+        self.tx
+            .send(Request {
+                input,
+                reply: Some(reply),
+            })
+            .await
+            .map_err(|_| WriteError::Closed)?;
+        answer.await.map_err(|_| WriteError::Closed)?
+    }
+
+    /// Sends `input` without waiting for its commit (clock ticks).
+    pub async fn send(&self, input: Input) -> Result<(), WriteError> {
+        self.tx
+            .send(Request { input, reply: None })
+            .await
+            .map_err(|_| WriteError::Closed)
+    }
+}
+
+/// Starts the writer thread. It runs until every [`WriterHandle`] is dropped,
+/// then commits what is left and closes the store.
+pub fn spawn(
+    store: Box<dyn Store>,
+    shared: Arc<Shared>,
+    metrics: WriterMetrics,
+) -> std::io::Result<(WriterHandle, std::thread::JoinHandle<()>)> {
+    let (tx, rx) = mpsc::channel(MAX_GROUP * 4);
+    shared.ready.store(true, Ordering::Release);
+    let thread = std::thread::Builder::new()
+        .name("store-writer".into())
+        .spawn(move || run(store, shared, metrics, rx))?;
+    Ok((WriterHandle { tx }, thread))
+}
+
+fn run(
+    mut store: Box<dyn Store>,
+    shared: Arc<Shared>,
+    metrics: WriterMetrics,
+    mut rx: mpsc::Receiver<Request>,
+) {
+    // Entries changed but not yet committed (counts of 503s after a failure).
+    let mut carried = Changes::default();
+    while let Some(first) = rx.blocking_recv() {
+        let mut group = vec![first];
+        while group.len() < MAX_GROUP {
+            match rx.try_recv() {
+                Ok(request) => group.push(request),
+                Err(_) => break,
+            }
+        }
+        let started = Instant::now();
+        let mut state = shared.write();
+        let mut changes = std::mem::take(&mut carried);
+        let group_len = group.len();
+        let mut replies = Vec::with_capacity(group_len);
+        for request in group.drain(..) {
+            let applied = shared
+                .machine
+                .apply(&mut state, request.input, &mut changes);
+            if let Some(reply) = request.reply {
+                replies.push((reply, applied));
+            }
+        }
+        if changes.is_empty() {
+            drop(state);
+            answer(replies, Ok(()));
+            continue;
+        }
+        match store.commit(&state, &changes) {
+            Ok(()) => {
+                drop(state);
+                metrics.commits.inc();
+                metrics.group_size.observe(group_len as f64);
+                metrics.duration.observe(started.elapsed().as_secs_f64());
+                shared.ready.store(true, Ordering::Release);
+                log_accepted(&replies);
+                answer(replies, Ok(()));
+            }
+            Err(e) => {
+                metrics.failures.inc();
+                tracing::error!(error = %e, inputs = replies.len(), "commit failed; answering 503 so the senders retry");
+                match store.load() {
+                    Ok(committed) => *state = committed,
+                    Err(load) => {
+                        tracing::error!(error = %load, "cannot reload the state after a failed commit; not ready");
+                        shared.ready.store(false, Ordering::Release);
+                    }
+                }
+                // Count the 503s; they are written with the next commit.
+                for _ in replies.iter().filter(|(_, applied)| applied.is_some()) {
+                    shared
+                        .machine
+                        .apply(&mut state, Input::Rejected { code: 503 }, &mut carried);
+                }
+                drop(state);
+                answer(replies, Err(WriteError::Store(e.to_string())));
+            }
+        }
+    }
+    shared.ready.store(false, Ordering::Release);
+    if !carried.is_empty() {
+        let state = shared.read();
+        if let Err(e) = store.commit(&state, &carried) {
+            tracing::warn!(error = %e, "final commit failed");
+        }
+    }
+    tracing::info!("store writer stopped; store closed");
+}
+
+fn answer(replies: Vec<(Reply, Option<Applied>)>, outcome: Result<(), WriteError>) {
+    for (reply, applied) in replies {
+        // A closed receiver means the client went away; the input is applied anyway.
+        let _ = reply.send(outcome.clone().map(|()| applied));
+    }
+}
+
+fn log_accepted(replies: &[(Reply, Option<Applied>)]) {
+    for applied in replies.iter().filter_map(|(_, a)| a.as_ref()) {
+        tracing::info!(
+            event = applied.event,
+            result = applied.result.as_str(),
+            run_id = applied.run_id,
+            outcome = applied.outcome.map(|o| o.as_str()),
+            status = applied.status,
+            duration_seconds = applied.duration_seconds,
+            "webhook applied"
+        );
+        if applied.outcome == Some(crate::outcome::Outcome::Unknown) {
+            tracing::warn!(
+                run_id = applied.run_id,
+                status = applied.status,
+                "finished run has an unknown status; counted with outcome=\"unknown\""
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::MemoryStore;
+    use crate::webhook::Event;
+
+    fn ping(id: &str) -> Input {
+        Input::Webhook {
+            request_id: Some(id.into()),
+            event: Event::NotificationChannel,
+            at: 1,
+        }
+    }
+
+    fn start(store: MemoryStore) -> (WriterHandle, Arc<Shared>, std::thread::JoinHandle<()>) {
+        let shared = Arc::new(Shared::new(State::default(), Machine::default()));
+        let metrics = WriterMetrics::register(&Registry::new()).expect("metrics");
+        let (handle, thread) =
+            spawn(Box::new(store), shared.clone(), metrics).expect("spawn writer");
+        (handle, shared, thread)
+    }
+
+    #[tokio::test]
+    async fn a_failed_commit_answers_an_error_and_changes_nothing() {
+        let (handle, shared, thread) = start(MemoryStore {
+            fail_commits: true,
+            ..MemoryStore::default()
+        });
+        let err = handle.submit(ping("a")).await.expect_err("commit fails");
+        assert!(matches!(err, WriteError::Store(_)));
+        {
+            let state = shared.read();
+            assert!(state.dedup.is_empty(), "the failed event left a trace");
+            assert!(state.last_event.is_empty());
+            assert_eq!(
+                state.counter(&crate::state::CounterKey::Requests { code: 503 }),
+                1
+            );
+        }
+        drop(handle);
+        thread.join().expect("writer thread");
+    }
+
+    #[tokio::test]
+    async fn concurrent_requests_are_each_answered_after_commit() {
+        let (handle, shared, thread) = start(MemoryStore::default());
+        let mut tasks = Vec::new();
+        for i in 0..200 {
+            let handle = handle.clone();
+            tasks.push(tokio::spawn(async move {
+                handle.submit(ping(&i.to_string())).await
+            }));
+        }
+        for task in tasks {
+            let applied = task.await.expect("join").expect("durable");
+            assert_eq!(
+                applied.map(|a| a.result),
+                Some(crate::state::EventResult::Accepted)
+            );
+        }
+        assert_eq!(shared.read().dedup.len(), 200);
+        drop(handle);
+        thread.join().expect("writer thread");
+    }
+}

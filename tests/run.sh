@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# The whole test suite, from a fresh machine: installs the real tools the tests
+# drive (Prometheus, promtool, amtool, the Pushgateway and wrk from Debian;
+# kubernetes-validate, yamllint and check-jsonschema from PyPI into .venv-tools),
+# then runs the format check, clippy and every test.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need_apt=0
+for tool in prometheus promtool amtool prometheus-alertmanager prometheus-pushgateway wrk; do
+  command -v "$tool" >/dev/null 2>&1 || need_apt=1
+done
+if [ "$need_apt" = 1 ]; then
+  echo "==> installing Prometheus tools from Debian" >&2
+  # No daemon may start on install: the tests start their own on free ports.
+  [ -x /usr/sbin/policy-rc.d ] || { printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d; chmod +x /usr/sbin/policy-rc.d; }
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
+    prometheus prometheus-alertmanager prometheus-pushgateway wrk >/dev/null
+fi
+
+venv=.venv-tools
+if [ ! -x "$venv/bin/kubernetes-validate" ] || [ ! -x "$venv/bin/yamllint" ] || [ ! -x "$venv/bin/check-jsonschema" ]; then
+  echo "==> installing Python tools into $venv" >&2
+  python3 -m venv "$venv"
+  "$venv/bin/pip" install -q --disable-pip-version-check \
+    kubernetes-validate yamllint check-jsonschema
+fi
+export PATH="$PWD/$venv/bin:$PATH"
+command -v kubectl >/dev/null 2>&1 || { echo "kubectl is required (kubectl kustomize) and is not on PATH" >&2; exit 1; }
+
+echo "==> cargo fmt" >&2
+cargo fmt --all -- --check
+echo "==> cargo clippy" >&2
+cargo clippy --all-targets --locked -- -D warnings
+echo "==> tests" >&2
+cargo nextest run --locked --no-fail-fast "$@"
