@@ -2,6 +2,7 @@
 //! `--storage.path`, …). Every flag can also be set through an environment
 //! variable `LOADIMPACT_EXPORTER_<FLAG>`, with dots and dashes as underscores.
 
+use crate::otel::OtlpArgs;
 use crate::outcome::StatusTable;
 use crate::simulate::SimulateArgs;
 use crate::state::{millis, Machine};
@@ -150,6 +151,17 @@ pub struct ServerArgs {
         default_value_t = LogFormat::Logfmt
     )]
     pub log_format: LogFormat,
+
+    /// How many recent runs loadimpact_test_run_info lists.
+    #[arg(
+        long = "runs.info-limit",
+        env = "LOADIMPACT_EXPORTER_RUNS_INFO_LIMIT",
+        default_value_t = 50
+    )]
+    pub runs_info_limit: usize,
+
+    #[command(flatten)]
+    pub otlp: OtlpArgs,
 }
 
 impl ServerArgs {
@@ -161,6 +173,8 @@ impl ServerArgs {
             run_max_duration: millis(self.run_max_duration),
             series_ttl: millis(self.series_ttl),
             abort_window: millis(self.abort_ratio_window),
+            spans_max_pending: self.otlp.enabled().then_some(self.otlp.max_pending),
+            runs_info_limit: self.runs_info_limit,
         }
     }
 }

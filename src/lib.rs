@@ -8,6 +8,7 @@
 //! - [`store`]: durable storage of the state behind a small trait (redb);
 //! - [`writer`]: the single writer that applies inputs in order and group-commits them;
 //! - [`metrics`]: the exposition, rendered from the committed state at scrape time;
+//! - [`otel`]: one span per run, drained from the store's outbox to OTLP;
 //! - [`http`]: thin routing of the endpoints;
 //! - [`server`]: wiring and lifecycle (signals, draining);
 //! - [`config`]: the flags; [`simulate`]: the `simulate` subcommand.
@@ -16,6 +17,7 @@ pub mod config;
 pub mod http;
 pub mod logging;
 pub mod metrics;
+pub mod otel;
 pub mod outcome;
 pub mod server;
 pub mod simulate;

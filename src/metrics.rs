@@ -7,7 +7,7 @@
 //! beside it.
 
 use crate::outcome::Outcome;
-use crate::state::{CounterKey, Histogram, Machine, Millis, State, DURATION_BUCKETS};
+use crate::state::{CounterKey, Histogram, Machine, Millis, Run, State, DURATION_BUCKETS};
 use crate::webhook::Project;
 use prometheus::proto::{
     Bucket, Counter, Gauge, Histogram as ProtoHistogram, LabelPair, Metric, MetricFamily,
@@ -152,7 +152,11 @@ pub fn families(state: &State, machine: &Machine, now: Millis) -> Vec<MetricFami
                 *value,
             ),
             CounterKey::Started(p) => started.counter(&project_labels(p), *value),
-            CounterKey::Expired(_) | CounterKey::Finished(..) => {}
+            CounterKey::Expired(_)
+            | CounterKey::Finished(..)
+            | CounterKey::SpansExported
+            | CounterKey::SpanExportFailures
+            | CounterKey::SpansDropped => {}
         }
     }
 
@@ -242,6 +246,50 @@ pub fn families(state: &State, machine: &Machine, now: Millis) -> Vec<MetricFami
         last_event.gauge(&[("event", event.clone())], *at as f64 / 1000.0);
     }
 
+    let mut run_info = Family::new(
+        "loadimpact_test_run_info",
+        "The most recent finished or expired runs (--runs.info-limit) with their trace id; always 1.",
+        GAUGE,
+    );
+    for (id, run, outcome) in recent_runs(state, machine.runs_info_limit) {
+        let mut labels = project_labels(&run.project);
+        labels.push(("load_test_id", run.load_test_id.to_string()));
+        labels.push(("load_test_run_id", id.to_string()));
+        labels.push(("outcome", outcome.into()));
+        labels.push(("trace_id", crate::otel::trace_id(id).to_string()));
+        run_info.gauge(&labels, 1.0);
+    }
+
+    let mut spans = Vec::new();
+    for (key, name, help) in [
+        (
+            CounterKey::SpansExported,
+            "loadimpact_spans_exported_total",
+            "Run spans acknowledged by the OTLP collector.",
+        ),
+        (
+            CounterKey::SpanExportFailures,
+            "loadimpact_span_export_failures_total",
+            "Failed OTLP export attempts (the spans stay pending and are retried).",
+        ),
+        (
+            CounterKey::SpansDropped,
+            "loadimpact_spans_dropped_total",
+            "Run spans dropped because the outbox held --otlp.max-pending spans.",
+        ),
+    ] {
+        let mut family = Family::new(name, help, COUNTER);
+        family.counter(&[], state.counter(&key));
+        spans.push(family);
+    }
+    let mut pending = Family::new(
+        "loadimpact_spans_pending",
+        "Run spans stored and waiting for the OTLP collector's acknowledgement.",
+        GAUGE,
+    );
+    pending.gauge(&[], state.outbox.len() as f64);
+    spans.push(pending);
+
     let mut build = Family::new(
         "loadimpact_exporter_build_info",
         "Version and git revision of the running exporter; always 1.",
@@ -264,9 +312,35 @@ pub fn families(state: &State, machine: &Machine, now: Millis) -> Vec<MetricFami
         info,
         expired,
         last_event,
+        run_info,
         build,
-    ] {
+    ]
+    .into_iter()
+    .chain(spans)
+    {
         family.done(&mut out);
     }
     out
+}
+
+/// The `limit` most recently ended runs (finished or expired), newest first,
+/// with their outcome label.
+fn recent_runs(state: &State, limit: usize) -> Vec<(u64, &Run, &'static str)> {
+    let mut ended: Vec<(Millis, u64, &Run, &'static str)> = state
+        .runs
+        .iter()
+        .filter_map(
+            |(id, run)| match (run.finished_at, run.outcome, run.expired_at) {
+                (Some(at), Some(outcome), _) => Some((at, *id, run, outcome.as_str())),
+                (None, _, Some(at)) => Some((at, *id, run, "expired")),
+                _ => None,
+            },
+        )
+        .collect();
+    ended.sort_by_key(|(at, id, _, _)| (std::cmp::Reverse(*at), std::cmp::Reverse(*id)));
+    ended
+        .into_iter()
+        .take(limit)
+        .map(|(_, id, run, outcome)| (id, run, outcome))
+        .collect()
 }

@@ -62,6 +62,30 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         })
     };
 
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let span_export = if args.otlp.enabled() {
+        let exporter = args
+            .otlp
+            .build_exporter()
+            .context("configuring the OTLP trace exporter")?;
+        tracing::info!(
+            protocol = ?args.otlp.resolved_protocol()?,
+            pending = shared.read().outbox.len(),
+            "exporting one span per run over OTLP"
+        );
+        Some(tokio::spawn(crate::otel::export_loop(
+            exporter,
+            shared.clone(),
+            writer.clone(),
+            args.otlp.batch_size as usize,
+            args.otlp.max_backoff,
+            stop_rx,
+        )))
+    } else {
+        tracing::info!("no OTLP endpoint set: tracing is off");
+        None
+    };
+
     let listener = TcpListener::bind(args.listen_address)
         .await
         .with_context(|| format!("listening on {}", args.listen_address))?;
@@ -124,6 +148,13 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
     }
     clock.abort();
     let _ = clock.await;
+    // Let an export in flight finish and record its acknowledgement.
+    let _ = stop_tx.send(true);
+    if let Some(task) = span_export {
+        if tokio::time::timeout(DRAIN, task).await.is_err() {
+            tracing::warn!("span export did not stop in time");
+        }
+    }
     // The writer stops once the last handle is gone: it commits what is left
     // and closes the store.
     drop(app);

@@ -80,6 +80,21 @@ impl Run {
     }
 }
 
+impl Run {
+    /// The run's span, ending at `end`.
+    pub fn span(&self, end: Millis, end_kind: SpanEnd) -> SpanRecord {
+        SpanRecord {
+            project: self.project,
+            load_test_id: self.load_test_id,
+            user_id: self.user_id,
+            name: self.name.clone(),
+            start: self.started_at,
+            end,
+            end_kind,
+        }
+    }
+}
+
 /// A load test's metadata and the status of its latest finished run.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct LoadTest {
@@ -102,6 +117,12 @@ pub enum CounterKey {
     Finished(Project, Outcome),
     /// `loadimpact_test_runs_expired_total`
     Expired(Project),
+    /// `loadimpact_spans_exported_total`
+    SpansExported,
+    /// `loadimpact_span_export_failures_total`
+    SpanExportFailures,
+    /// `loadimpact_spans_dropped_total`
+    SpansDropped,
 }
 
 /// A histogram's buckets (not cumulative; the last one is +Inf), sum and count.
@@ -136,6 +157,34 @@ impl Histogram {
     }
 }
 
+/// How a run's span ends.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum SpanEnd {
+    /// `test.finished` arrived.
+    Finished {
+        outcome: Outcome,
+        status: i64,
+        status_text: Option<String>,
+    },
+    /// No finish came within `--run.max-duration`.
+    Expired,
+}
+
+/// A finished run's span, waiting in the outbox until the collector
+/// acknowledges it. Holds everything the span is built from, so a restart in
+/// between changes nothing.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SpanRecord {
+    pub project: Project,
+    pub load_test_id: u64,
+    pub user_id: Option<u64>,
+    pub name: Option<String>,
+    /// When `test.started` was received; `None` for a finish with no start.
+    pub start: Option<Millis>,
+    pub end: Millis,
+    pub end_kind: SpanEnd,
+}
+
 /// The identity of one stored entry; what a change touched.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Key {
@@ -145,6 +194,7 @@ pub enum Key {
     Counter(CounterKey),
     Histogram(Project, Outcome),
     LastEvent(String),
+    Outbox(u64),
 }
 
 /// The entries an apply touched, for the store to write (or delete, when the
@@ -174,6 +224,8 @@ pub struct State {
     pub histograms: BTreeMap<(Project, Outcome), Histogram>,
     /// Event name -> when a delivery of it was last received.
     pub last_event: BTreeMap<String, Millis>,
+    /// Spans not yet acknowledged by the collector, by run id.
+    pub outbox: BTreeMap<u64, SpanRecord>,
 }
 
 impl State {
@@ -213,6 +265,10 @@ pub enum Input {
     Rejected { code: u16 },
     /// The clock moved: expire runs and forget what is past its retention.
     Tick { now: Millis },
+    /// The collector acknowledged these runs' spans.
+    SpansExported { run_ids: Vec<u64> },
+    /// An export attempt failed; the spans stay in the outbox.
+    SpanExportFailed,
 }
 
 /// What applying a webhook decided, for the response and the log line.
@@ -238,6 +294,10 @@ pub struct Machine {
     pub series_ttl: Millis,
     /// The abort ratio looks back this far.
     pub abort_window: Millis,
+    /// With tracing on, the most spans the outbox holds; `None`: tracing off.
+    pub spans_max_pending: Option<usize>,
+    /// How many recent runs `loadimpact_test_run_info` lists.
+    pub runs_info_limit: usize,
 }
 
 impl Default for Machine {
@@ -248,6 +308,8 @@ impl Default for Machine {
             run_max_duration: millis(Duration::from_secs(24 * 3600)),
             series_ttl: millis(Duration::from_secs(7 * 24 * 3600)),
             abort_window: millis(Duration::from_secs(3600)),
+            spans_max_pending: None,
+            runs_info_limit: 50,
         }
     }
 }
@@ -278,6 +340,19 @@ impl Machine {
             }
             Input::Tick { now } => {
                 self.tick(state, now, changes);
+                None
+            }
+            Input::SpansExported { run_ids } => {
+                for id in run_ids {
+                    if state.outbox.remove(&id).is_some() {
+                        changes.touch(Key::Outbox(id));
+                        state.bump(CounterKey::SpansExported, changes);
+                    }
+                }
+                None
+            }
+            Input::SpanExportFailed => {
+                state.bump(CounterKey::SpanExportFailures, changes);
                 None
             }
         }
@@ -412,6 +487,17 @@ impl Machine {
                 applied.result = EventResult::Accepted;
                 applied.outcome = Some(outcome);
                 applied.status = Some(event.status);
+                // An expired run already has its span (ended at the expiry).
+                let span = run.expired_at.is_none().then(|| {
+                    run.span(
+                        at,
+                        SpanEnd::Finished {
+                            outcome,
+                            status: event.status,
+                            status_text: event.status_text.clone(),
+                        },
+                    )
+                });
                 if let Some(started) = run.started_at {
                     let seconds = (at.saturating_sub(started)).max(0) as f64 / 1000.0;
                     applied.duration_seconds = Some(seconds);
@@ -423,10 +509,33 @@ impl Machine {
                     changes.touch(Key::Histogram(project, outcome));
                 }
                 state.bump(CounterKey::Finished(project, outcome), changes);
+                if let Some(span) = span {
+                    self.enqueue_span(state, run_id, span, changes);
+                }
             }
         }
         self.touch_load_test(state, &event, project, at, changes);
         applied
+    }
+
+    /// Puts a span in the outbox (tracing on), or counts it dropped when the
+    /// outbox is full.
+    fn enqueue_span(
+        &self,
+        state: &mut State,
+        run_id: u64,
+        record: SpanRecord,
+        changes: &mut Changes,
+    ) {
+        let Some(max_pending) = self.spans_max_pending else {
+            return;
+        };
+        if state.outbox.len() >= max_pending {
+            state.bump(CounterKey::SpansDropped, changes);
+            return;
+        }
+        state.outbox.insert(run_id, record);
+        changes.touch(Key::Outbox(run_id));
     }
 
     fn touch_load_test(
@@ -458,6 +567,7 @@ impl Machine {
 
     fn tick(&self, state: &mut State, now: Millis, changes: &mut Changes) {
         let mut expired = Vec::new();
+        let mut expired_spans = Vec::new();
         let mut forgotten = Vec::new();
         let retention = self.run_retention();
         for (id, run) in state.runs.iter_mut() {
@@ -466,6 +576,7 @@ impl Machine {
                     run.expired_at = Some(now);
                     run.last_event_at = now;
                     expired.push(run.project);
+                    expired_spans.push((*id, run.span(now, SpanEnd::Expired)));
                     changes.touch(Key::Run(*id));
                     continue;
                 }
@@ -477,6 +588,9 @@ impl Machine {
         }
         for project in expired {
             state.bump(CounterKey::Expired(project), changes);
+        }
+        for (id, record) in expired_spans {
+            self.enqueue_span(state, id, record, changes);
         }
         for id in forgotten {
             state.runs.remove(&id);

@@ -45,6 +45,7 @@ const LOAD_TESTS: TableDefinition<u64, &[u8]> = TableDefinition::new("load_tests
 const COUNTERS: TableDefinition<&str, u64> = TableDefinition::new("counters");
 const HISTOGRAMS: TableDefinition<&str, &[u8]> = TableDefinition::new("histograms");
 const LAST_EVENT: TableDefinition<&str, i64> = TableDefinition::new("last_event");
+const OUTBOX: TableDefinition<u64, &[u8]> = TableDefinition::new("outbox");
 const META: TableDefinition<&str, &str> = TableDefinition::new("meta");
 
 /// The layout version written in `meta`; a store of another version is refused.
@@ -91,6 +92,7 @@ impl RedbStore {
             txn.open_table(COUNTERS).map_err(db_err)?;
             txn.open_table(HISTOGRAMS).map_err(db_err)?;
             txn.open_table(LAST_EVENT).map_err(db_err)?;
+            txn.open_table(OUTBOX).map_err(db_err)?;
         }
         txn.commit().map_err(db_err)?;
         Ok(RedbStore { db, path })
@@ -166,6 +168,10 @@ impl Store for RedbStore {
             s.last_event.insert(k.to_owned(), v);
             Ok(())
         })?;
+        each(&txn, OUTBOX, |k, v| {
+            s.outbox.insert(k, from_json("outbox", v)?);
+            Ok(())
+        })?;
         Ok(s)
     }
 
@@ -182,6 +188,7 @@ impl Store for RedbStore {
             let mut counters = txn.open_table(COUNTERS).map_err(db_err)?;
             let mut histograms = txn.open_table(HISTOGRAMS).map_err(db_err)?;
             let mut last_event = txn.open_table(LAST_EVENT).map_err(db_err)?;
+            let mut outbox = txn.open_table(OUTBOX).map_err(db_err)?;
             for key in &changes.keys {
                 match key {
                     Key::Run(id) => match state.runs.get(id) {
@@ -224,6 +231,16 @@ impl Store for RedbStore {
                                 .map_err(db_err)?;
                         }
                     }
+                    Key::Outbox(id) => match state.outbox.get(id) {
+                        Some(record) => {
+                            outbox
+                                .insert(*id, to_json(record)?.as_slice())
+                                .map_err(db_err)?;
+                        }
+                        None => {
+                            outbox.remove(*id).map_err(db_err)?;
+                        }
+                    },
                     Key::LastEvent(event) => {
                         if let Some(at) = state.last_event.get(event) {
                             last_event.insert(event.as_str(), *at).map_err(db_err)?;
@@ -284,6 +301,7 @@ fn copy_entry(to: &mut State, from: &State, key: &Key) {
         Key::Counter(k) => sync(&mut to.counters, &from.counters, k),
         Key::Histogram(p, o) => sync(&mut to.histograms, &from.histograms, &(*p, *o)),
         Key::LastEvent(e) => sync(&mut to.last_event, &from.last_event, e),
+        Key::Outbox(id) => sync(&mut to.outbox, &from.outbox, id),
         Key::Dedup(id) => match from.dedup.get(id) {
             Some(v) => {
                 to.dedup.insert(id.clone(), *v);

@@ -12,13 +12,13 @@
 //! entry that is not yet durable. A failed commit reloads the state from the
 //! store and answers every request of the group with an error (503).
 
-use crate::state::{Applied, Changes, Input, Machine, State};
+use crate::state::{Applied, Changes, CounterKey, Input, Key, Machine, State};
 use crate::store::Store;
 use prometheus::{Histogram, HistogramOpts, IntCounter, Registry};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::Instant;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, Notify};
 
 /// At most this many inputs share one commit.
 const MAX_GROUP: usize = 4096;
@@ -28,6 +28,8 @@ pub struct Shared {
     state: RwLock<State>,
     pub machine: Machine,
     ready: AtomicBool,
+    /// Woken after a commit that put spans in the outbox.
+    pub outbox_notify: Notify,
 }
 
 impl Shared {
@@ -36,6 +38,7 @@ impl Shared {
             state: RwLock::new(state),
             machine,
             ready: AtomicBool::new(false),
+            outbox_notify: Notify::new(),
         }
     }
 
@@ -183,6 +186,7 @@ fn run(
         let started = Instant::now();
         let mut state = shared.write();
         let mut changes = std::mem::take(&mut carried);
+        let dropped_before = state.counter(&CounterKey::SpansDropped);
         let group_len = group.len();
         let mut replies = Vec::with_capacity(group_len);
         for request in group.drain(..) {
@@ -200,7 +204,21 @@ fn run(
         }
         match store.commit(&state, &changes) {
             Ok(()) => {
+                let dropped = state
+                    .counter(&CounterKey::SpansDropped)
+                    .saturating_sub(dropped_before);
+                let pending = state.outbox.len();
                 drop(state);
+                if dropped > 0 {
+                    tracing::warn!(
+                        dropped,
+                        pending,
+                        "span outbox is full (--otlp.max-pending): spans dropped"
+                    );
+                }
+                if changes.keys.iter().any(|k| matches!(k, Key::Outbox(_))) {
+                    shared.outbox_notify.notify_one();
+                }
                 metrics.commits.inc();
                 metrics.group_size.observe(group_len as f64);
                 metrics.duration.observe(started.elapsed().as_secs_f64());

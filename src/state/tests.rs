@@ -471,3 +471,75 @@ proptest! {
         }
     }
 }
+
+// ---- the span outbox ------------------------------------------------------
+
+fn tracing_on(max_pending: usize) -> Harness {
+    let mut h = Harness::new();
+    h.machine.spans_max_pending = Some(max_pending);
+    h
+}
+
+#[test]
+fn tracing_off_puts_nothing_in_the_outbox() {
+    let mut h = Harness::new();
+    h.deliver("a", start(1, P1), 0);
+    h.deliver("b", finish(1, P1, 3, "Finished"), 10);
+    assert!(h.state.outbox.is_empty());
+}
+
+#[test]
+fn a_finished_run_waits_in_the_outbox_until_acknowledged() {
+    let mut h = tracing_on(10);
+    h.deliver("a", start(1, P1), 1_000);
+    assert!(h.state.outbox.is_empty(), "no span before the finish");
+    h.deliver("b", finish(1, P1, 12, "Failed threshold"), 9_000);
+    let span = &h.state.outbox[&1];
+    assert_eq!((span.start, span.end), (Some(1_000), 9_000));
+    assert_eq!(
+        span.end_kind,
+        SpanEnd::Finished {
+            outcome: Outcome::FailedThreshold,
+            status: 12,
+            status_text: Some("Failed threshold".into())
+        }
+    );
+    // A duplicate finish does not make a second span.
+    h.deliver("c", finish(1, P1, 12, "Failed threshold"), 9_500);
+    assert_eq!(h.state.outbox.len(), 1);
+    h.apply(Input::SpanExportFailed);
+    assert_eq!(h.state.outbox.len(), 1);
+    assert_eq!(h.counter(CounterKey::SpanExportFailures), 1);
+    h.apply(Input::SpansExported { run_ids: vec![1] });
+    h.apply(Input::SpansExported { run_ids: vec![1] });
+    assert!(h.state.outbox.is_empty());
+    assert_eq!(h.counter(CounterKey::SpansExported), 1, "acknowledged once");
+}
+
+#[test]
+fn an_expired_run_gets_its_span_at_the_expiry_and_no_second_one() {
+    let mut h = tracing_on(10);
+    let max = h.machine.run_max_duration;
+    h.deliver("a", start(1, P1), 0);
+    h.tick(max);
+    assert_eq!(h.state.outbox[&1].end, max);
+    assert_eq!(h.state.outbox[&1].end_kind, SpanEnd::Expired);
+    h.apply(Input::SpansExported { run_ids: vec![1] });
+    h.deliver("b", finish(1, P1, 3, "Finished"), max + 1);
+    assert!(h.state.outbox.is_empty());
+}
+
+#[test]
+fn a_full_outbox_drops_new_spans_and_counts_them() {
+    let mut h = tracing_on(2);
+    for run in 1..=3 {
+        h.deliver(&run.to_string(), finish(run, P1, 3, "Finished"), 0);
+    }
+    assert_eq!(
+        h.state.outbox.keys().copied().collect::<Vec<_>>(),
+        vec![1, 2]
+    );
+    assert_eq!(h.counter(CounterKey::SpansDropped), 1);
+    // All three still count as finished runs.
+    assert_eq!(h.counter(CounterKey::Finished(P1, Outcome::Finished)), 3);
+}
