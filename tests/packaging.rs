@@ -1119,6 +1119,24 @@ fn the_compose_stack_is_valid_and_complete() {
     for wanted in ["prometheus", "alertmanager", "tempo"] {
         assert!(types.contains(wanted), "data source {wanted}");
     }
+    // Each data source variable of the dashboards finds one of its type.
+    for (file, dashboard) in dashboards() {
+        let dashboard: Value = serde_json::from_str(&dashboard).expect("dashboard JSON");
+        for var in dashboard["templating"]["list"]
+            .as_array()
+            .into_iter()
+            .flatten()
+        {
+            if var["type"] == "datasource" {
+                let wanted = var["query"].as_str().expect("data source type");
+                assert!(
+                    types.contains(wanted),
+                    "{file}: variable {} needs a {wanted} data source",
+                    var["name"]
+                );
+            }
+        }
+    }
     let providers = parse_yaml(
         &read("deploy/compose/grafana/provisioning/dashboards/dashboards.yml"),
         "dashboards.yml",
