@@ -1087,6 +1087,11 @@ fn the_compose_stack_is_valid_and_complete() {
         exporter["environment"]["OTEL_EXPORTER_OTLP_ENDPOINT"],
         "http://tempo:4317"
     );
+    // Port 4317 is OTLP/gRPC; the exporter's default protocol is http/protobuf.
+    assert_eq!(
+        exporter["environment"]["OTEL_EXPORTER_OTLP_PROTOCOL"],
+        "grpc"
+    );
     assert_eq!(exporter["read_only"], true);
     assert!(strings(&exporter["cap_drop"]).contains(&"ALL"));
     assert!(strings(&exporter["volumes"]).contains(&"exporter-data:/data"));
@@ -1306,4 +1311,22 @@ fn the_manifest_flags_probes_and_webhook_path_work_on_the_real_binary() {
         String::from_utf8_lossy(&help.stdout).contains("LOADIMPACT_EXPORTER_STORAGE_PATH"),
         "the binary reads LOADIMPACT_EXPORTER_STORAGE_PATH"
     );
+}
+
+#[test]
+fn the_compose_environment_is_accepted_by_the_binary() {
+    // The exporter service's environment, as docker-compose.yml sets it, on
+    // the real binary: it starts and gets ready (the Tempo host need not
+    // exist: spans wait in the outbox).
+    let compose = parse_yaml(&read("docker-compose.yml"), "docker-compose.yml");
+    let env: Vec<(String, String)> = compose["services"][EXPORTER]["environment"]
+        .as_object()
+        .expect("environment map")
+        .iter()
+        .map(|(k, v)| (k.clone(), v.as_str().expect("string value").to_owned()))
+        .collect();
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let exporter = common::Exporter::start_with_env(&[], &env);
+    let resp = common::get(&exporter.url("/-/ready"));
+    assert_eq!(resp.status, 200, "{}", resp.body);
 }
