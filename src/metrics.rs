@@ -239,7 +239,7 @@ pub fn families(state: &State, machine: &Machine, now: Millis) -> Vec<MetricFami
 
     let mut last_event = Family::new(
         "loadimpact_webhook_last_event_timestamp_seconds",
-        "Unix time at which a valid delivery of the event was last received.",
+        "Unix time at which an event of this name was last accepted or ignored (duplicates excluded).",
         GAUGE,
     );
     for (event, at) in &state.last_event {

@@ -368,8 +368,6 @@ impl Machine {
     ) -> Applied {
         let name = event.name();
         state.bump(CounterKey::Requests { code: 200 }, changes);
-        state.last_event.insert(name.to_owned(), at);
-        changes.touch(Key::LastEvent(name.to_owned()));
 
         let seen_before = request_id.as_ref().is_some_and(|id| {
             state
@@ -407,6 +405,11 @@ impl Machine {
             }
         };
         applied.event = name;
+        // A duplicate changes nothing but its own counts.
+        if applied.result != EventResult::Duplicate {
+            state.last_event.insert(name.to_owned(), at);
+            changes.touch(Key::LastEvent(name.to_owned()));
+        }
         state.bump(
             CounterKey::Events {
                 event: name.to_owned(),

@@ -150,6 +150,7 @@ fn a_repeated_request_id_is_a_duplicate_and_changes_no_run_metric() {
     h.deliver("a", start(1, P1), 1_000);
     let before = h.run_metrics();
     let runs = h.state.runs.clone();
+    let last_event = h.state.last_event.clone();
     assert_eq!(h.deliver("a", start(1, P1), 2_000), EventResult::Duplicate);
     // Even with another body: the id decides.
     assert_eq!(
@@ -158,6 +159,10 @@ fn a_repeated_request_id_is_a_duplicate_and_changes_no_run_metric() {
     );
     assert_eq!(h.run_metrics(), before);
     assert_eq!(h.state.runs, runs);
+    assert_eq!(
+        h.state.last_event, last_event,
+        "a duplicate moves no timestamp"
+    );
     assert_eq!(
         h.counter(CounterKey::Events {
             event: "test.started".into(),
