@@ -1,0 +1,601 @@
+//! The shipped Prometheus rules, Alertmanager example and Grafana dashboards,
+//! checked with the real tools (promtool, amtool, Alertmanager) and against
+//! each other: every rule unit-tested, every alert with a runbook section,
+//! every dashboard importable with no hard-coded data source.
+
+mod common;
+
+use common::{free_port, get, require_tool, try_request, wait_for};
+use serde::Deserialize;
+use serde_json::Value;
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+const RUNBOOK_BASE: &str =
+    "https://github.com/loadimpact-exporter/loadimpact-exporter/blob/main/docs/runbooks.md#";
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn prom_dir() -> PathBuf {
+    repo().join("deploy/prometheus")
+}
+
+fn read(path: &Path) -> String {
+    std::fs::read_to_string(path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()))
+}
+
+/// Runs a tool; panics with its output unless it exits 0. Returns stdout.
+fn run_ok(tool: &str, args: &[&str]) -> String {
+    let output = Command::new(require_tool(tool))
+        .args(args)
+        .current_dir(prom_dir())
+        .output()
+        .unwrap_or_else(|e| panic!("run {tool}: {e}"));
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "{tool} {args:?} failed ({}):\n{stdout}\n{stderr}",
+        output.status
+    );
+    stdout
+}
+
+#[derive(Debug, Deserialize)]
+struct RuleFile {
+    groups: Vec<Group>,
+}
+
+#[derive(Debug, Deserialize)]
+struct Group {
+    name: String,
+    rules: Vec<Rule>,
+}
+
+#[derive(Debug, Deserialize)]
+struct Rule {
+    record: Option<String>,
+    alert: Option<String>,
+    expr: String,
+    #[serde(default, rename = "for")]
+    for_: Option<String>,
+    #[serde(default)]
+    labels: BTreeMap<String, String>,
+    #[serde(default)]
+    annotations: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Deserialize)]
+struct TestFile {
+    rule_files: Vec<String>,
+    tests: Vec<TestCase>,
+}
+
+#[derive(Debug, Deserialize)]
+struct TestCase {
+    name: String,
+    #[serde(default)]
+    alert_rule_test: Vec<AlertTest>,
+    #[serde(default)]
+    promql_expr_test: Vec<ExprTest>,
+}
+
+#[derive(Debug, Deserialize)]
+struct AlertTest {
+    alertname: String,
+    #[serde(default)]
+    exp_alerts: Vec<ExpAlert>,
+}
+
+#[derive(Debug, Deserialize)]
+struct ExpAlert {
+    #[serde(default)]
+    exp_labels: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Deserialize)]
+struct ExprTest {
+    expr: String,
+    #[serde(default)]
+    exp_samples: Vec<serde::de::IgnoredAny>,
+}
+
+fn rules() -> Vec<Rule> {
+    let text = read(&prom_dir().join("loadimpact.rules.yml"));
+    let file: RuleFile = serde_saphyr::from_str(&text).expect("parse loadimpact.rules.yml");
+    assert!(
+        file.groups.iter().all(|g| !g.name.is_empty()),
+        "unnamed group"
+    );
+    file.groups.into_iter().flat_map(|g| g.rules).collect()
+}
+
+#[test]
+fn promtool_checks_and_unit_tests_pass() {
+    let count = rules().len();
+    let out = run_ok("promtool", &["check", "rules", "loadimpact.rules.yml"]);
+    assert!(
+        out.contains(&format!("SUCCESS: {count} rules found")),
+        "promtool saw another number of rules than {count}:\n{out}"
+    );
+    let out = run_ok("promtool", &["test", "rules", "loadimpact.rules.test.yml"]);
+    assert!(out.contains("SUCCESS"), "{out}");
+}
+
+#[test]
+fn every_rule_has_unit_tests_that_fire_and_that_stay_quiet() {
+    let text = read(&prom_dir().join("loadimpact.rules.test.yml"));
+    let tests: TestFile = serde_saphyr::from_str(&text).expect("parse the rule tests");
+    assert_eq!(tests.rule_files, ["loadimpact.rules.yml"]);
+    let rules = rules();
+
+    for name in rules.iter().filter_map(|r| r.record.as_deref()) {
+        let cases: Vec<&ExprTest> = tests
+            .tests
+            .iter()
+            .flat_map(|t| &t.promql_expr_test)
+            .filter(|e| e.expr.split('{').next() == Some(name))
+            .collect();
+        assert!(
+            cases.iter().any(|e| !e.exp_samples.is_empty()),
+            "recording rule {name} has no unit test with a result"
+        );
+    }
+
+    let alerts: BTreeSet<&str> = rules.iter().filter_map(|r| r.alert.as_deref()).collect();
+    for name in alerts {
+        let cases: Vec<(&str, &AlertTest)> = tests
+            .tests
+            .iter()
+            .flat_map(|t| t.alert_rule_test.iter().map(move |a| (t.name.as_str(), a)))
+            .filter(|(_, a)| a.alertname == name)
+            .collect();
+        assert!(
+            cases.iter().any(|(_, a)| a.exp_alerts.is_empty()),
+            "alert {name}: no case where it must not fire"
+        );
+        // Every severity the alert has must be seen firing in a test.
+        let fired: BTreeSet<&str> = cases
+            .iter()
+            .flat_map(|(_, a)| &a.exp_alerts)
+            .filter_map(|e| e.exp_labels.get("severity").map(String::as_str))
+            .collect();
+        let severities: BTreeSet<&str> = rules
+            .iter()
+            .filter(|r| r.alert.as_deref() == Some(name))
+            .filter_map(|r| r.labels.get("severity").map(String::as_str))
+            .collect();
+        assert_eq!(fired, severities, "alert {name}: severities seen firing");
+    }
+}
+
+/// GitHub's anchor for a Markdown heading.
+fn anchor(heading: &str) -> String {
+    heading
+        .trim()
+        .to_lowercase()
+        .chars()
+        .filter(|c| c.is_alphanumeric() || *c == '-' || *c == '_' || *c == ' ')
+        .map(|c| if c == ' ' { '-' } else { c })
+        .collect()
+}
+
+#[test]
+fn alerts_are_labelled_annotated_and_have_a_runbook() {
+    let runbooks = read(&repo().join("docs/runbooks.md"));
+    let anchors: BTreeSet<String> = runbooks
+        .lines()
+        .filter_map(|l| l.strip_prefix("## "))
+        .map(anchor)
+        .collect();
+    let rules = rules();
+    let mut documented = BTreeSet::new();
+    for rule in rules.iter().filter(|r| r.alert.is_some()) {
+        let name = rule.alert.as_deref().unwrap_or_default();
+        let severity = rule.labels.get("severity").map(String::as_str);
+        assert!(
+            matches!(severity, Some("warning" | "critical")),
+            "{name}: severity {severity:?}"
+        );
+        for key in ["summary", "description", "runbook_url"] {
+            assert!(
+                rule.annotations
+                    .get(key)
+                    .is_some_and(|v| !v.trim().is_empty()),
+                "{name}: no {key}"
+            );
+        }
+        let description = &rule.annotations["description"];
+        // Every alert but the target-down one has a number to give.
+        assert!(
+            description.contains("$value") || name == "LoadImpactExporterDown",
+            "{name}: the description does not give the number"
+        );
+        if rule.expr.contains("project_id") {
+            assert!(
+                description.contains("$labels.project_id")
+                    && description.contains("$labels.organization_id"),
+                "{name}: the description does not name the project"
+            );
+        }
+        let url = &rule.annotations["runbook_url"];
+        let fragment = url
+            .strip_prefix(RUNBOOK_BASE)
+            .unwrap_or_else(|| panic!("{name}: runbook_url {url} is not under {RUNBOOK_BASE}"));
+        assert_eq!(fragment, name.to_lowercase(), "{name}: runbook anchor");
+        assert!(
+            anchors.contains(fragment),
+            "{name}: docs/runbooks.md has no section #{fragment}"
+        );
+        documented.insert(fragment.to_owned());
+    }
+    assert_eq!(
+        documented, anchors,
+        "docs/runbooks.md sections and alerts differ"
+    );
+    let two_severities = rules
+        .iter()
+        .filter(|r| r.alert.as_deref() == Some("LoadImpactFailedThresholdRateHigh"))
+        .count();
+    assert_eq!(two_severities, 2, "warning and critical rules");
+}
+
+#[test]
+fn recording_rules_follow_the_level_metric_operations_convention() {
+    for rule in rules() {
+        let Some(name) = rule.record.as_deref() else {
+            assert!(rule.for_.is_some() || rule.alert.is_some());
+            continue;
+        };
+        let parts: Vec<&str> = name.split(':').collect();
+        assert_eq!(parts.len(), 3, "{name}: not level:metric:operations");
+        let (level, metric, operation) = (parts[0], parts[1], parts[2]);
+        assert!(metric.starts_with("loadimpact_"), "{name}: metric");
+        assert!(
+            ["increase1h", "increase24h", "ratio1h", "ratio24h"].contains(&operation),
+            "{name}: operation {operation}"
+        );
+        // The level is the labels the expression keeps: its first `by (...)`.
+        let by = rule
+            .expr
+            .split_once("by (")
+            .and_then(|(_, rest)| rest.split_once(')'))
+            .map(|(labels, _)| {
+                labels
+                    .split(',')
+                    .map(str::trim)
+                    .collect::<Vec<_>>()
+                    .join("_")
+            });
+        assert_eq!(
+            by.as_deref(),
+            Some(level),
+            "{name}: level and by (…) differ"
+        );
+        // The window in the name is the one the expression uses.
+        let window = operation.trim_start_matches(|c: char| c.is_ascii_alphabetic());
+        assert!(
+            rule.expr.contains(&format!("[{window}]"))
+                || rule.expr.contains(&format!(":increase{window}")),
+            "{name}: window {window} not used"
+        );
+    }
+}
+
+#[test]
+fn exporter_down_matches_the_packaging_job_name() {
+    let down: Vec<Rule> = rules()
+        .into_iter()
+        .filter(|r| r.alert.as_deref() == Some("LoadImpactExporterDown"))
+        .collect();
+    assert_eq!(down.len(), 1);
+    assert!(down[0]
+        .expr
+        .contains(r#"up{job="loadimpact-exporter"} == 0"#));
+    assert!(down[0]
+        .expr
+        .contains(r#"absent(up{job="loadimpact-exporter"})"#));
+    assert_eq!(down[0].for_.as_deref(), Some("5m"));
+    // The scrape-config example and the ServiceMonitor use that job name.
+    let scrape = prom_dir().join("prometheus.yml");
+    if scrape.exists() {
+        assert!(
+            read(&scrape).contains("job_name: loadimpact-exporter"),
+            "deploy/prometheus/prometheus.yml scrapes another job name"
+        );
+    }
+}
+
+// ------------------------------------------------------------------ Alertmanager
+
+#[test]
+fn alertmanager_example_is_valid_and_routes_by_severity() {
+    let out = run_ok("amtool", &["check-config", "alertmanager.yml"]);
+    assert!(out.contains("SUCCESS"), "{out}");
+    for (labels, receiver) in [
+        (
+            vec![
+                "alertname=LoadImpactFailedThresholdRateHigh",
+                "severity=critical",
+                "project_id=2",
+            ],
+            "slack-loadimpact-critical",
+        ),
+        (
+            vec!["alertname=LoadImpactExporterDown", "severity=critical"],
+            "slack-loadimpact-critical",
+        ),
+        (
+            vec!["alertname=LoadImpactAbortRateHigh", "severity=warning"],
+            "slack-loadimpact",
+        ),
+        (
+            vec!["alertname=LoadImpactTestRunStuck", "severity=warning"],
+            "slack-loadimpact",
+        ),
+    ] {
+        let mut args = vec!["config", "routes", "test", "--config.file=alertmanager.yml"];
+        args.extend(labels.iter().copied());
+        let out = run_ok("amtool", &args);
+        assert_eq!(out.trim(), receiver, "route of {labels:?}");
+    }
+}
+
+struct KillOnDrop(Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A real Alertmanager with the example configuration: the critical
+/// LoadImpactFailedThresholdRateHigh inhibits the warning of the same project,
+/// not another project's.
+#[test]
+fn alertmanager_inhibits_the_warning_under_the_critical() {
+    let binary = require_tool("prometheus-alertmanager");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let port = free_port();
+    let child = Command::new(binary)
+        .arg(format!(
+            "--config.file={}",
+            prom_dir().join("alertmanager.yml").display()
+        ))
+        .arg(format!("--storage.path={}", dir.path().display()))
+        .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+        .arg("--cluster.listen-address=")
+        .arg("--log.level=warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn prometheus-alertmanager");
+    let _guard = KillOnDrop(child);
+    let base = format!("http://127.0.0.1:{port}");
+    wait_for("Alertmanager to be ready", Duration::from_secs(20), || {
+        try_request("GET", &format!("{base}/-/ready"), &[], None).filter(|r| r.status == 200)
+    });
+
+    let alert = |severity: &str, project: &str| {
+        serde_json::json!({
+            "labels": {
+                "alertname": "LoadImpactFailedThresholdRateHigh",
+                "severity": severity,
+                "organization_id": "1",
+                "project_id": project,
+            },
+            "annotations": {"summary": "test"},
+        })
+    };
+    let alerts = serde_json::json!([
+        alert("critical", "2"),
+        alert("warning", "2"),
+        alert("warning", "3"),
+    ]);
+    let body = serde_json::to_vec(&alerts).expect("json");
+    let resp = common::request(
+        "POST",
+        &format!("{base}/api/v2/alerts"),
+        &[("Content-Type", "application/json")],
+        Some(&body),
+    );
+    assert_eq!(resp.status, 200, "post alerts: {}", resp.body);
+
+    let state = |list: &Value, severity: &str, project: &str| -> Option<(String, usize)> {
+        list.as_array()?.iter().find_map(|a| {
+            let labels = &a["labels"];
+            (labels["severity"] == severity && labels["project_id"] == project).then(|| {
+                (
+                    a["status"]["state"].as_str().unwrap_or("").to_owned(),
+                    a["status"]["inhibitedBy"].as_array().map_or(0, Vec::len),
+                )
+            })
+        })
+    };
+    let list = wait_for(
+        "the warning to be inhibited",
+        Duration::from_secs(20),
+        || {
+            let list = get(&format!("{base}/api/v2/alerts")).json();
+            (state(&list, "warning", "2") == Some(("suppressed".into(), 1))).then_some(list)
+        },
+    );
+    assert_eq!(state(&list, "critical", "2"), Some(("active".into(), 0)));
+    assert_eq!(state(&list, "warning", "3"), Some(("active".into(), 0)));
+}
+
+// ------------------------------------------------------------------ dashboards
+
+fn dashboards() -> Vec<(&'static str, Value)> {
+    ["loadimpact-overview", "loadimpact-project"]
+        .into_iter()
+        .map(|uid| {
+            let text = read(&repo().join(format!("dashboards/{uid}.json")));
+            let json: Value = serde_json::from_str(&text)
+                .unwrap_or_else(|e| panic!("dashboards/{uid}.json: {e}"));
+            (uid, json)
+        })
+        .collect()
+}
+
+/// Every value of a key anywhere in the JSON.
+fn find_all<'a>(value: &'a Value, key: &str, out: &mut Vec<&'a Value>) {
+    match value {
+        Value::Object(map) => {
+            for (k, v) in map {
+                if k == key {
+                    out.push(v);
+                }
+                find_all(v, key, out);
+            }
+        }
+        Value::Array(items) => items.iter().for_each(|v| find_all(v, key, out)),
+        _ => {}
+    }
+}
+
+#[test]
+fn dashboards_have_stable_uids_and_no_hard_coded_data_source() {
+    for (uid, dashboard) in dashboards() {
+        assert_eq!(dashboard["uid"], uid, "stable uid");
+        assert!(dashboard["title"].as_str().is_some_and(|t| !t.is_empty()));
+        assert!(dashboard["schemaVersion"].as_u64().is_some_and(|v| v >= 36));
+        assert!(
+            dashboard.get("__inputs").is_none() && dashboard.get("id").is_none_or(Value::is_null),
+            "{uid}: export for sharing without __inputs or a database id"
+        );
+
+        // Data sources only through variables.
+        let mut sources = Vec::new();
+        find_all(&dashboard, "datasource", &mut sources);
+        assert!(sources.len() > 20, "{uid}: panels without data source?");
+        for source in sources {
+            let ok = match source {
+                Value::Object(map) => {
+                    let uid_value = map.get("uid").and_then(Value::as_str).unwrap_or("");
+                    uid_value.starts_with("${") || uid_value == "-- Grafana --"
+                }
+                _ => false,
+            };
+            assert!(ok, "{uid}: hard-coded or missing data source uid: {source}");
+        }
+
+        // The variables.
+        let vars: BTreeMap<&str, &Value> = dashboard["templating"]["list"]
+            .as_array()
+            .map(|l| {
+                l.iter()
+                    .filter_map(|v| Some((v["name"].as_str()?, v)))
+                    .collect()
+            })
+            .unwrap_or_default();
+        assert_eq!(vars["datasource"]["type"], "datasource", "{uid}");
+        assert_eq!(vars["datasource"]["query"], "prometheus", "{uid}");
+        assert_eq!(vars["tempo"]["query"], "tempo", "{uid}");
+        for name in ["organization_id", "project_id"] {
+            let var = vars
+                .get(name)
+                .unwrap_or_else(|| panic!("{uid}: no ${name}"));
+            assert_eq!(var["type"], "query", "{uid}: {name}");
+            assert_eq!(var["datasource"]["uid"], "${datasource}", "{uid}: {name}");
+            let definition = var["definition"].as_str().unwrap_or("");
+            assert!(
+                definition.starts_with("label_values(")
+                    && definition.ends_with(&format!(", {name})")),
+                "{uid}: {name}: {definition}"
+            );
+        }
+
+        // Panels: unique ids, inside the 24-column grid, not overlapping,
+        // each with a query, a description, and only known variables.
+        let panels: Vec<&Value> = dashboard["panels"]
+            .as_array()
+            .map(|p| p.iter().collect())
+            .unwrap_or_default();
+        let ids: BTreeSet<u64> = panels.iter().filter_map(|p| p["id"].as_u64()).collect();
+        assert_eq!(ids.len(), panels.len(), "{uid}: panel ids not unique");
+        let rects: Vec<(u64, u64, u64, u64, &str)> = panels
+            .iter()
+            .map(|p| {
+                let g = &p["gridPos"];
+                let n = |k: &str| {
+                    g[k].as_u64()
+                        .unwrap_or_else(|| panic!("{uid}: gridPos.{k}: {p}"))
+                };
+                (
+                    n("x"),
+                    n("y"),
+                    n("w"),
+                    n("h"),
+                    p["title"].as_str().unwrap_or(""),
+                )
+            })
+            .collect();
+        for (i, a) in rects.iter().enumerate() {
+            assert!(a.0 + a.2 <= 24, "{uid}: {} is wider than the grid", a.4);
+            for b in &rects[i + 1..] {
+                let apart =
+                    a.0 + a.2 <= b.0 || b.0 + b.2 <= a.0 || a.1 + a.3 <= b.1 || b.1 + b.3 <= a.1;
+                assert!(apart, "{uid}: panels {} and {} overlap", a.4, b.4);
+            }
+        }
+        let known = [
+            "$organization_id",
+            "$project_id",
+            "$load_test_id",
+            "$job",
+            "$__rate_interval",
+            "$__range",
+        ];
+        for panel in panels.iter().filter(|p| p["type"] != "row") {
+            let title = panel["title"].as_str().unwrap_or("");
+            assert!(!title.is_empty(), "{uid}: untitled panel");
+            assert!(
+                panel["description"].as_str().is_some_and(|d| d.len() > 20),
+                "{uid}: {title}: no description"
+            );
+            let targets = panel["targets"].as_array().cloned().unwrap_or_default();
+            assert!(!targets.is_empty(), "{uid}: {title}: no query");
+            for target in &targets {
+                let expr = target["expr"].as_str().unwrap_or("");
+                assert!(!expr.is_empty(), "{uid}: {title}: empty query");
+                let mut rest = expr;
+                while let Some(at) = rest.find('$') {
+                    rest = &rest[at..];
+                    let var = known.iter().find(|k| rest.starts_with(*k));
+                    let var =
+                        var.unwrap_or_else(|| panic!("{uid}: {title}: unknown variable in {expr}"));
+                    assert!(
+                        var.starts_with("$__") || vars.contains_key(&var[1..]),
+                        "{uid}: {title}: {var} is not a variable of the dashboard"
+                    );
+                    rest = &rest[var.len()..];
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn every_panel_is_described_in_docs() {
+    let docs = read(&repo().join("docs/dashboards.md"));
+    for (uid, dashboard) in dashboards() {
+        assert!(
+            docs.contains(&format!("`{uid}.json`")),
+            "docs/dashboards.md: no {uid}"
+        );
+        let panels = dashboard["panels"].as_array().cloned().unwrap_or_default();
+        for title in panels.iter().filter_map(|p| p["title"].as_str()) {
+            assert!(
+                docs.contains(&format!("**{title}**")) || docs.contains(&format!("### {title}")),
+                "docs/dashboards.md does not describe panel {title:?} of {uid}"
+            );
+        }
+    }
+}
