@@ -847,8 +847,62 @@ fn receiver_down_then_up_grpc() {
     arrived_once(&receiver, c.run);
     wait_metric(&exporter, "loadimpact_spans_exported_total", |v| v == 3.0);
     assert_eq!(metric(&exporter, "loadimpact_spans_pending"), 0.0);
+
+    // The collector restarts under an established connection: the exporter
+    // reconnects.
+    receiver.down();
+    let failures_before = metric(&exporter, "loadimpact_span_export_failures_total");
+    let d = run_info(4003);
+    start_run(&exporter, &d);
+    finish_run(&exporter, &d, 3, "Finished");
+    wait_metric(&exporter, "loadimpact_span_export_failures_total", |v| {
+        v > failures_before
+    });
+    receiver.up();
+    arrived_once(&receiver, d.run);
+    wait_metric(&exporter, "loadimpact_spans_exported_total", |v| v == 4.0);
     std::thread::sleep(QUIET);
-    assert_exactly_once(&receiver, &[4000, 4001, 4002]);
+    assert_exactly_once(&receiver, &[4000, 4001, 4002, 4003]);
+    assert_eq!(metric(&exporter, "loadimpact_spans_pending"), 0.0);
+}
+
+/// `--otlp.timeout`: an export to a collector that hangs is abandoned after the
+/// timeout, counted as failed and retried; the span arrives once the collector
+/// answers again.
+fn hanging_collector(protocol: Protocol, run: u64) {
+    let receiver = Receiver::start(protocol);
+    let mut args = otlp_args(&receiver);
+    args.push("--otlp.timeout=1s".to_owned());
+    let exporter = start_exporter(&args, &[]);
+    receiver.stall(Duration::from_secs(60));
+    let info = run_info(run);
+    let start = start_run(&exporter, &info);
+    let end = finish_run(&exporter, &info, 3, "Finished");
+    // With the 1 s timeout and 1 s backoff cap, two abandoned attempts take a
+    // few seconds; the default 10 s timeout would not get there in time.
+    let deadline = Duration::from_secs(8);
+    wait_for("two abandoned export attempts", deadline, || {
+        (receiver.stalled() >= 2).then_some(())
+    });
+    let failures = wait_metric(&exporter, "loadimpact_span_export_failures_total", |v| {
+        v >= 1.0
+    });
+    assert!(failures >= 1.0);
+    assert_eq!(metric(&exporter, "loadimpact_spans_pending"), 1.0);
+    receiver.accept();
+    let span = arrived_once(&receiver, run);
+    assert_span(&span, &finished_ok(&info, Some(start), end));
+    wait_metric(&exporter, "loadimpact_spans_pending", |v| v == 0.0);
+}
+
+#[test]
+fn hanging_collector_grpc() {
+    hanging_collector(Protocol::Grpc, 4100);
+}
+
+#[test]
+fn hanging_collector_http() {
+    hanging_collector(Protocol::HttpProtobuf, 4200);
 }
 
 /// `kill -9` between a run's start and its finish: the span keeps the start

@@ -75,9 +75,27 @@ struct Shared {
     attempts: AtomicUsize,
     /// Export requests answered with an error.
     rejected: AtomicUsize,
+    /// While set, every export is held this long before an error answer (a
+    /// collector that hangs), and not recorded.
+    stall: Mutex<Option<Duration>>,
+    /// Export requests that were held.
+    stalled: AtomicUsize,
 }
 
 impl Shared {
+    /// Holds the request when stalling; `true` when it was held (and must be
+    /// answered with an error).
+    async fn stalled(&self) -> bool {
+        let stall = *self.stall.lock().unwrap();
+        let Some(stall) = stall else {
+            return false;
+        };
+        self.attempts.fetch_add(1, Ordering::SeqCst);
+        self.stalled.fetch_add(1, Ordering::SeqCst);
+        tokio::time::sleep(stall).await;
+        true
+    }
+
     /// Records the request unless failing; `true` when accepted.
     fn handle(
         &self,
@@ -118,6 +136,11 @@ impl TraceService for GrpcService {
         &self,
         request: tonic::Request<ExportTraceServiceRequest>,
     ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+        if self.0.stalled().await {
+            return Err(tonic::Status::unavailable(
+                "test receiver stalled on purpose",
+            ));
+        }
         let headers = header_map(&request.metadata().clone().into_headers());
         if self.0.handle(headers, request.into_inner()) {
             Ok(tonic::Response::new(ExportTraceServiceResponse {
@@ -168,6 +191,12 @@ async fn http_handler(
         Ok(body) => body.to_bytes(),
         Err(e) => return Ok(plain(StatusCode::BAD_REQUEST, &format!("body: {e}"))),
     };
+    if shared.stalled().await {
+        return Ok(plain(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "test receiver stalled on purpose",
+        ));
+    }
     let request = match ExportTraceServiceRequest::decode(body) {
         Ok(r) => r,
         Err(e) => return Ok(plain(StatusCode::BAD_REQUEST, &format!("protobuf: {e}"))),
@@ -317,9 +346,21 @@ impl Receiver {
         *self.shared.failing.lock().unwrap() = true;
     }
 
-    /// From now on, accept exports again.
+    /// From now on, hold every export for `how_long` (a hanging collector),
+    /// then answer it with an error; nothing is recorded.
+    pub fn stall(&self, how_long: Duration) {
+        *self.shared.stall.lock().unwrap() = Some(how_long);
+    }
+
+    /// From now on, accept exports again (no failing, no stalling).
     pub fn accept(&self) {
         *self.shared.failing.lock().unwrap() = false;
+        *self.shared.stall.lock().unwrap() = None;
+    }
+
+    /// Export requests that were held by `stall`.
+    pub fn stalled(&self) -> usize {
+        self.shared.stalled.load(Ordering::SeqCst)
     }
 
     /// Export requests received (accepted or rejected).
