@@ -1,0 +1,334 @@
+//! Issue 2, what Prometheus and people see: `promtool check metrics` on a real
+//! scrape holding data of every kind, the metric families and histogram
+//! buckets, the landing page, health and readiness, `/api/v1/runs`, and the
+//! configurable paths and body limit.
+//!
+//! Written from the specification, not from the exporter's code.
+
+mod blackbox;
+mod common;
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use blackbox::*;
+use common::{get, sample, Exporter};
+use serde_json::{json, Value};
+
+/// A load test name that needs escaping in a label value.
+const AWKWARD_NAME: &str = "Checkout \"peak\" C:\\runs\nline two ünïcödé €";
+
+/// The same name as the exposition format writes it.
+const AWKWARD_NAME_ESCAPED: &str = "Checkout \\\"peak\\\" C:\\\\runs\\nline two ünïcödé €";
+
+const FAMILIES: [(&str, &str); 12] = [
+    ("loadimpact_webhook_requests_total", "counter"),
+    ("loadimpact_webhook_events_total", "counter"),
+    ("loadimpact_test_runs_started_total", "counter"),
+    ("loadimpact_test_runs_finished_total", "counter"),
+    ("loadimpact_test_runs_running", "gauge"),
+    ("loadimpact_test_run_duration_seconds", "histogram"),
+    ("loadimpact_project_abort_ratio", "gauge"),
+    ("loadimpact_load_test_last_run_status", "gauge"),
+    ("loadimpact_load_test_info", "gauge"),
+    ("loadimpact_test_runs_expired_total", "counter"),
+    ("loadimpact_webhook_last_event_timestamp_seconds", "gauge"),
+    ("loadimpact_exporter_build_info", "gauge"),
+];
+
+fn promtool_check(text: &str) -> std::process::Output {
+    let mut child = Command::new(common::require_tool("promtool"))
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run promtool");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(text.as_bytes())
+        .expect("write the scrape to promtool");
+    child.wait_with_output().expect("promtool output")
+}
+
+#[test]
+fn promtool_accepts_a_scrape_with_data_of_every_kind() {
+    let exporter = Exporter::start(&["--run.max-duration=2s"]);
+    let doomed = Run::new(1, 1, 1, 1);
+    post_expect(&exporter, &doomed.started(), "accepted");
+    // Every outcome, one project per organization to have several series.
+    let texts = [
+        "Finished",
+        "Timed out",
+        "Aborting by user",
+        "Aborted by system",
+        "Aborted by script error",
+        "Aborted by threshold",
+        "Aborted by limit",
+        "Failed threshold",
+        "Lost in space",
+    ];
+    for (i, text) in texts.iter().enumerate() {
+        let run = Run::new(1 + i as u64 % 2, 2, 3 + i as u64, 100 + i as u64);
+        post_expect(&exporter, &run.started(), "accepted");
+        post_expect(&exporter, &run.finished(77, Some(text)), "accepted");
+    }
+    let mut awkward = Run::new(1, 2, 99, 200).started();
+    awkward["name"] = json!(AWKWARD_NAME);
+    post_expect(&exporter, &awkward, "accepted");
+    let late = Run::new(2, 2, 50, 300);
+    post_expect(&exporter, &late.finished(3, None), "accepted");
+    post_expect(&exporter, &late.started(), "ignored");
+    post_expect(&exporter, &late.started(), "duplicate");
+    post_expect(
+        &exporter,
+        &json!({"event": "test.notification_channel"}),
+        "accepted",
+    );
+    let url = exporter.url("/webhook");
+    assert_eq!(send("GET", &url, &[], None).status, 405);
+    assert_eq!(post_to(&url, &json!({"event": "test.nope"})).status, 422);
+    assert_eq!(post_to(&url, &json!({"event": "test.started"})).status, 400);
+
+    common::wait_for("the first run to expire", Duration::from_secs(10), || {
+        (sample(&exporter.samples(), &doomed.expired_total()) == 1.0).then_some(())
+    });
+    let running = Run::new(1, 2, 3, 400);
+    post_expect(&exporter, &running.started(), "accepted");
+
+    let resp = get(&exporter.url("/metrics"));
+    assert_eq!(resp.status, 200);
+    let content_type = resp.content_type.clone().unwrap_or_default();
+    assert!(
+        content_type.starts_with("text/plain") && content_type.contains("version=0.0.4"),
+        "content type {content_type:?}"
+    );
+    let text = resp.body;
+
+    // Data of every kind is in this very scrape.
+    let s = common::parse_samples(&text, "loadimpact_");
+    assert_eq!(sample(&s, &running.running()), 1.0, "a run is running");
+    assert_eq!(sample(&s, &doomed.expired_total()), 1.0);
+    for (i, text) in texts.iter().enumerate() {
+        let outcome = OUTCOMES[i];
+        let run = Run::new(1 + i as u64 % 2, 2, 3, 0);
+        assert!(
+            sample(&s, &run.finished_total(outcome)) >= 1.0,
+            "status_text {text:?}"
+        );
+    }
+    for result in ["accepted", "duplicate", "ignored"] {
+        assert!(
+            sample(&s, &events_total("test.started", result)) >= 1.0,
+            "{result}"
+        );
+    }
+    for code in [200, 400, 405, 422] {
+        assert!(sample(&s, &requests_total(code)) > 0.0, "{code}");
+    }
+    for event in ["test.started", "test.finished", "test.notification_channel"] {
+        assert!(sample(&s, &last_event_timestamp(event)) > 1.6e9, "{event}");
+    }
+    assert!(
+        text.contains(&format!("name=\"{AWKWARD_NAME_ESCAPED}\"}} 1")),
+        "the awkward name is escaped as the format says"
+    );
+    let lines = format!("\n{text}");
+    for (family, kind) in FAMILIES {
+        assert!(
+            lines.contains(&format!("\n# HELP {family} ")),
+            "HELP of {family}"
+        );
+        assert!(
+            lines.contains(&format!("\n# TYPE {family} {kind}\n")),
+            "TYPE {kind} of {family}"
+        );
+    }
+    let build = s
+        .keys()
+        .find(|k| k.starts_with("loadimpact_exporter_build_info{"))
+        .expect("build info");
+    assert!(build.contains("version=\"") && build.contains("revision=\""));
+    assert_eq!(s[build], 1.0);
+    check_duration_buckets(&s);
+
+    let out = promtool_check(&text);
+    assert!(
+        out.status.success() && out.stderr.is_empty() && out.stdout.is_empty(),
+        "promtool check metrics: {}\nstdout: {}\nstderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Buckets from 10 s to a day, cumulative, `+Inf` equal to `_count`.
+fn check_duration_buckets(s: &Samples) {
+    let prefix = "loadimpact_test_run_duration_seconds_bucket{";
+    let mut histograms: std::collections::BTreeMap<String, Vec<(f64, f64)>> = Default::default();
+    for (series, value) in s.iter().filter(|(k, _)| k.starts_with(prefix)) {
+        let (labels, le) = series.rsplit_once(",le=\"").expect("le label");
+        let le = le.trim_end_matches("\"}");
+        let le: f64 = if le == "+Inf" {
+            f64::INFINITY
+        } else {
+            le.parse().expect("le")
+        };
+        histograms
+            .entry(labels[prefix.len()..].to_owned())
+            .or_default()
+            .push((le, *value));
+    }
+    assert!(!histograms.is_empty());
+    for (labels, mut buckets) in histograms {
+        buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
+        let les: Vec<f64> = buckets.iter().map(|b| b.0).collect();
+        assert_eq!(les.first(), Some(&10.0), "{labels}: first bucket");
+        assert_eq!(les[les.len() - 2], 86_400.0, "{labels}: last finite bucket");
+        assert!(
+            buckets.windows(2).all(|w| w[0].1 <= w[1].1),
+            "{labels}: cumulative"
+        );
+        let count = sample(
+            s,
+            &format!("loadimpact_test_run_duration_seconds_count{{{labels}}}"),
+        );
+        assert_eq!(buckets.last().map(|b| b.1), Some(count), "{labels}: +Inf");
+    }
+}
+
+#[test]
+fn landing_page_health_readiness_and_runs_api() {
+    let exporter = Exporter::start(&[]);
+    let landing = get(&exporter.url("/"));
+    assert_eq!(landing.status, 200);
+    assert!(landing
+        .content_type
+        .as_deref()
+        .is_some_and(|t| t.starts_with("text/html")));
+    assert!(
+        landing.body.contains("href=\"/metrics\""),
+        "{}",
+        landing.body
+    );
+    assert!(landing.body.contains("/webhook"), "{}", landing.body);
+    for path in ["/-/healthy", "/-/ready"] {
+        assert_eq!(get(&exporter.url(path)).status, 200, "{path}");
+    }
+    assert_eq!(get(&exporter.url("/no/such/page")).status, 404);
+
+    let empty = runs_api(&exporter);
+    assert_eq!(empty, json!({"running": [], "recent": []}));
+
+    let (a, b, c) = (
+        Run::new(1, 2, 3, 10),
+        Run::new(1, 2, 3, 11),
+        Run::new(4, 5, 6, 12),
+    );
+    let t0 = now();
+    post_expect(&exporter, &a.started(), "accepted");
+    post_expect(&exporter, &b.started(), "accepted");
+    post_expect(
+        &exporter,
+        &c.finished(6, Some("Aborted by user")),
+        "accepted",
+    );
+    post_expect(&exporter, &a.finished(3, Some("Finished")), "accepted");
+    let t1 = now();
+    let resp = get(&exporter.url("/api/v1/runs"));
+    assert!(resp
+        .content_type
+        .as_deref()
+        .is_some_and(|t| t.starts_with("application/json")));
+    let runs = resp.json();
+    let ids = |list: &str| -> Vec<Value> {
+        let mut ids: Vec<Value> = runs[list]
+            .as_array()
+            .expect(list)
+            .iter()
+            .map(|r| r["load_test_run_id"].clone())
+            .collect();
+        ids.sort_by_key(|v| v.as_u64());
+        ids
+    };
+    assert_eq!(ids("running"), vec![json!(11)]);
+    assert_eq!(ids("recent"), vec![json!(10), json!(12)]);
+
+    let running = api_run(&runs, "running", 11).expect("b");
+    let started = running["started_at"].as_f64().expect("started_at");
+    assert!(started >= t0 - 0.01 && started <= t1 + 0.01, "{running}");
+    let done = api_run(&runs, "recent", 10).expect("a");
+    assert_eq!(done["outcome"], json!("finished"));
+    assert_eq!(done["organization_id"], json!(1));
+    assert_eq!(done["project_id"], json!(2));
+    assert_eq!(done["load_test_id"], json!(3));
+    let (started, finished) = (
+        done["started_at"].as_f64().expect("started_at"),
+        done["finished_at"].as_f64().expect("finished_at"),
+    );
+    assert!(t0 - 0.01 <= started && started <= finished && finished <= t1 + 0.01);
+    let duration = done["duration_seconds"].as_f64().expect("duration");
+    assert!((duration - (finished - started)).abs() < 0.002, "{done}");
+    let unstarted = api_run(&runs, "recent", 12).expect("c");
+    assert_eq!(unstarted["outcome"], json!("aborted_by_user"));
+    assert_eq!(unstarted["duration_seconds"], Value::Null);
+}
+
+#[test]
+fn paths_and_body_limit_are_configurable_by_flag_and_environment() {
+    let exporter = Exporter::start_with_env(
+        &["--web.telemetry-path=/internal/prom"],
+        &[
+            ("LOADIMPACT_EXPORTER_WEBHOOK_PATH", "/hooks/loadimpact"),
+            ("LOADIMPACT_EXPORTER_WEBHOOK_MAX_BODY_BYTES", "1000"),
+        ],
+    );
+    let hook = exporter.url("/hooks/loadimpact");
+    assert_eq!(get(&exporter.url("/metrics")).status, 404);
+    let landing = get(&exporter.url("/")).body;
+    assert!(landing.contains("href=\"/internal/prom\""), "{landing}");
+    assert!(landing.contains("/hooks/loadimpact"), "{landing}");
+
+    let run = Run::new(1, 2, 3, 4);
+    let before = samples_at(&exporter, "/internal/prom");
+    // The default path is nothing special now: refused, and not counted.
+    let resp = post_to(&exporter.url("/webhook"), &run.started());
+    assert!(
+        resp.status == 404 || resp.status == 405,
+        "POST /webhook: {} {}",
+        resp.status,
+        resp.body
+    );
+    assert_only_moved(
+        &before,
+        &samples_at(&exporter, "/internal/prom"),
+        &[],
+        "POST to the default path",
+    );
+
+    let body_of = |len: usize| {
+        let mut bytes = serde_json::to_vec(&run.started()).expect("json");
+        bytes.resize(len, b' ');
+        bytes
+    };
+    let headers = li_headers("test.started", "limit-1");
+    let resp = send("POST", &hook, &headers, Some(&body_of(1001)));
+    assert_eq!(resp.status, 413, "{}", resp.body);
+    assert_eq!(resp.json()["result"], json!("rejected"));
+    let resp = send("POST", &hook, &headers, Some(&body_of(1000)));
+    expect_result(resp.status, &resp.body, "accepted", &run.started());
+    let resp = send("GET", &hook, &[], None);
+    assert_eq!(resp.status, 405);
+    assert!(resp.header("allow").is_some_and(|a| a.contains("POST")));
+
+    let s = samples_at(&exporter, "/internal/prom");
+    assert_value(&s, &run.started_total(), 1.0);
+    assert_value(&s, &run.running(), 1.0);
+    assert_value(&s, &requests_total(413), 1.0);
+    assert_value(&s, &requests_total(200), 1.0);
+    assert_value(&s, &requests_total(405), 1.0);
+    assert!(!s.contains_key(&requests_total(404)));
+}

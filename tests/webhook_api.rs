@@ -1,0 +1,907 @@
+//! Issue 2, "Done when": the real binary on a free port, real HTTP requests.
+//! Every event, every status code of both tables, each outcome (by code and by
+//! `status_text`), duplicates both ways, out of order, expiry, and every bad
+//! input, each asserting the status code, the body and what the metrics did.
+//!
+//! Written from the specification, not from the exporter's code.
+
+mod blackbox;
+mod common;
+
+use std::time::{Duration, Instant};
+
+use blackbox::*;
+use common::{sample, Exporter};
+use serde_json::{json, Value};
+
+// ---------------------------------------------------------------------------
+// outcomes
+
+/// Per the issue: Load Impact 3.0's table (the default).
+const V3: &[(i64, &str)] = &[
+    (-2, "unknown"),
+    (-1, "unknown"),
+    (0, "unknown"),
+    (1, "unknown"),
+    (2, "unknown"),
+    (3, "finished"),
+    (4, "timed_out"),
+    (5, "aborted_by_user"),
+    (6, "aborted_by_user"),
+    (7, "aborted_by_system"),
+    (8, "aborted_by_system"),
+    (9, "aborted_by_script_error"),
+    (10, "aborted_by_threshold"),
+    (11, "aborted_by_threshold"),
+    (12, "failed_threshold"),
+    (13, "unknown"),
+    (99, "unknown"),
+    (1_000_000_000_000, "unknown"),
+];
+
+/// Load Impact 4.0 / k6 Cloud.
+const V4: &[(i64, &str)] = &[
+    (-3, "unknown"),
+    (-2, "unknown"),
+    (-1, "unknown"),
+    (0, "unknown"),
+    (1, "unknown"),
+    (2, "unknown"),
+    (3, "finished"),
+    (4, "timed_out"),
+    (5, "aborted_by_user"),
+    (6, "aborted_by_system"),
+    (7, "aborted_by_script_error"),
+    (8, "aborted_by_threshold"),
+    (9, "aborted_by_limit"),
+    (10, "unknown"),
+    (11, "unknown"),
+    (12, "unknown"),
+];
+
+/// A finished run's `status_text` variant: absent, null, or a text no table
+/// knows (all three must fall back to the code).
+fn text_variant(i: usize) -> Option<Value> {
+    match i % 3 {
+        0 => None,
+        1 => Some(Value::Null),
+        _ => Some(json!("Some wording Load Impact has not used yet")),
+    }
+}
+
+/// One run per entry, each in its own project; start and finish it, then check
+/// from one scrape that it landed in exactly the expected outcome.
+fn check_outcomes(exporter: &Exporter, cases: &[(i64, Option<Value>, &str)]) {
+    let runs: Vec<Run> = (0..cases.len() as u64)
+        .map(|i| Run::new(7, 100 + i, 200 + i, 300 + i))
+        .collect();
+    for (run, (code, text, _)) in runs.iter().zip(cases) {
+        post_expect(exporter, &run.started(), "accepted");
+        let mut finish = run.finished(*code, None);
+        if let Some(text) = text {
+            finish["status_text"] = text.clone();
+        }
+        post_expect(exporter, &finish, "accepted");
+    }
+    let s = exporter.samples();
+    for (run, (code, text, outcome)) in runs.iter().zip(cases) {
+        let what = format!("status {code} with status_text {text:?}");
+        for o in OUTCOMES {
+            let want = if o == *outcome { 1.0 } else { 0.0 };
+            assert_eq!(
+                s.get(&run.finished_total(o)),
+                Some(&want),
+                "{what}: `{}` (every outcome is exported for a known project)",
+                run.finished_total(o)
+            );
+            assert_eq!(sample(&s, &run.duration_count(o)), want, "{what}: {o}");
+        }
+        assert_value(&s, &run.started_total(), 1.0);
+        assert_value(&s, &run.running(), 0.0);
+        assert_value(&s, &run.last_run_status(), *code as f64);
+        let aborted = if outcome.starts_with("aborted_") {
+            1.0
+        } else {
+            0.0
+        };
+        assert_value(&s, &run.abort_ratio(), aborted);
+    }
+    let n = cases.len() as f64;
+    assert_value(&s, &events_total("test.started", "accepted"), n);
+    assert_value(&s, &events_total("test.finished", "accepted"), n);
+    assert_value(&s, &requests_total(200), 2.0 * n);
+}
+
+fn by_code(table: &[(i64, &'static str)]) -> Vec<(i64, Option<Value>, &'static str)> {
+    table
+        .iter()
+        .enumerate()
+        .map(|(i, (code, outcome))| (*code, text_variant(i), *outcome))
+        .collect()
+}
+
+#[test]
+fn every_status_code_of_the_v3_table_is_the_default() {
+    let exporter = Exporter::start(&[]);
+    check_outcomes(&exporter, &by_code(V3));
+}
+
+#[test]
+fn every_status_code_of_the_v4_table_set_by_environment() {
+    let exporter = Exporter::start_with_env(&[], &[("LOADIMPACT_EXPORTER_STATUS_TABLE", "v4")]);
+    let mut cases = by_code(V4);
+    // status_text still comes first whatever the table.
+    cases.push((9, Some(json!("Timed out")), "timed_out"));
+    cases.push((6, Some(json!("Aborting by user")), "aborted_by_user"));
+    check_outcomes(&exporter, &cases);
+}
+
+#[test]
+fn every_outcome_by_status_text_before_the_code() {
+    let exporter = Exporter::start(&["--status-table=v3"]);
+    let cases: Vec<(i64, Option<Value>, &str)> = [
+        (3, "Finished", "finished"),
+        (2, "finished", "finished"),
+        (3, "Timed out", "timed_out"),
+        (3, "TIMED OUT", "timed_out"),
+        (3, "Aborted by user", "aborted_by_user"),
+        (3, "Aborting by user", "aborted_by_user"),
+        (12, "aborted By User", "aborted_by_user"),
+        (3, "Aborted by system", "aborted_by_system"),
+        (3, "aborting by system", "aborted_by_system"),
+        (3, "Aborted by script error", "aborted_by_script_error"),
+        (3, "Aborting by script error", "aborted_by_script_error"),
+        (3, "Aborted by threshold", "aborted_by_threshold"),
+        (3, "Aborting by threshold", "aborted_by_threshold"),
+        (3, "Aborted by limit", "aborted_by_limit"),
+        (3, "Aborting by limit", "aborted_by_limit"),
+        (5, "Failed threshold", "failed_threshold"),
+        (5, "FAILED THRESHOLD", "failed_threshold"),
+        // Unknown or empty text: the code decides.
+        (5, "Something else", "aborted_by_user"),
+        (9, "", "aborted_by_script_error"),
+        (77, "Whatever", "unknown"),
+    ]
+    .into_iter()
+    .map(|(code, text, outcome)| (code, Some(json!(text)), outcome))
+    .collect();
+    check_outcomes(&exporter, &cases);
+}
+
+// ---------------------------------------------------------------------------
+// events
+
+#[test]
+fn every_event_through_a_run_lifecycle() {
+    let exporter = Exporter::start(&[]);
+
+    // The "Test Hook" button: the body is only the event.
+    let hook = json!({"event": "test.notification_channel"});
+    let before = exporter.samples();
+    let t0 = now();
+    post_id_expect(&exporter, &hook, "hook-1", "accepted");
+    let t1 = now();
+    let after = exporter.samples();
+    let stamp = sample(&after, &last_event_timestamp("test.notification_channel"));
+    assert!(
+        stamp >= t0 - 0.01 && stamp <= t1 + 0.01,
+        "{stamp} not in [{t0}, {t1}]"
+    );
+    assert_only_moved(
+        &before,
+        &after,
+        &[
+            (&requests_total(200), 1.0),
+            (&events_total("test.notification_channel", "accepted"), 1.0),
+            (
+                &last_event_timestamp("test.notification_channel"),
+                stamp - sample(&before, &last_event_timestamp("test.notification_channel")),
+            ),
+        ],
+        "test.notification_channel",
+    );
+    // A second press of the button is a new delivery; a retry of the first is not.
+    post_expect(&exporter, &hook, "accepted");
+    post_id_expect(&exporter, &hook, "hook-1", "duplicate");
+
+    // test.started
+    let run = Run::new(1, 2, 3, 4);
+    let before = exporter.samples();
+    let start_sent = now();
+    post_expect(&exporter, &run.started(), "accepted");
+    let start_answered = now();
+    let s = exporter.samples();
+    assert_eq!(delta(&before, &s, &run.started_total()), 1.0);
+    assert_value(&s, &run.running(), 1.0);
+    assert_value(&s, &run.info(), 1.0);
+    assert_eq!(
+        delta(&before, &s, &events_total("test.started", "accepted")),
+        1.0
+    );
+    let stamp = sample(&s, &last_event_timestamp("test.started"));
+    assert!(stamp >= start_sent - 0.01 && stamp <= start_answered + 0.01);
+    assert_eq!(run.durations_observed(&s), 0.0);
+    for o in OUTCOMES {
+        assert_eq!(sample(&s, &run.finished_total(o)), 0.0, "{o}");
+    }
+    assert!(
+        !s.contains_key(&run.abort_ratio()),
+        "no abort ratio while no run of the project finished"
+    );
+    let api = runs_api(&exporter);
+    let entry = api_run(&api, "running", 4).expect("the run is listed as running");
+    assert!(entry["started_at"].as_f64().is_some(), "{entry}");
+    assert!(api_run(&api, "recent", 4).is_none());
+
+    // A deliberate run length, so the duration has something to measure.
+    std::thread::sleep(Duration::from_millis(300));
+
+    // test.finished
+    let before = s;
+    let finish_sent = now();
+    post_expect(&exporter, &run.finished(3, Some("Finished")), "accepted");
+    let finish_answered = now();
+    let s = exporter.samples();
+    assert_value(&s, &run.running(), 0.0);
+    assert_eq!(delta(&before, &s, &run.finished_total("finished")), 1.0);
+    assert_eq!(delta(&before, &s, &run.started_total()), 0.0);
+    assert_value(&s, &run.duration_count("finished"), 1.0);
+    let duration = sample(&s, &run.duration_sum("finished"));
+    let (low, high) = (
+        finish_sent - start_answered - 0.01,
+        finish_answered - start_sent + 0.01,
+    );
+    assert!(
+        duration >= low && duration <= high,
+        "duration {duration} not in [{low}, {high}]"
+    );
+    let bucket = run.series(
+        "loadimpact_test_run_duration_seconds_bucket",
+        ",outcome=\"finished\",le=\"10\"",
+    );
+    assert_value(&s, &bucket, 1.0);
+    assert_value(&s, &run.last_run_status(), 3.0);
+    assert_value(&s, &run.abort_ratio(), 0.0);
+    assert_eq!(
+        delta(&before, &s, &events_total("test.finished", "accepted")),
+        1.0
+    );
+    let stamp = sample(&s, &last_event_timestamp("test.finished"));
+    assert!(stamp >= finish_sent - 0.01 && stamp <= finish_answered + 0.01);
+    let api = runs_api(&exporter);
+    assert!(api_run(&api, "running", 4).is_none());
+    let entry = api_run(&api, "recent", 4).expect("the run is listed as recent");
+    assert_eq!(entry["outcome"], json!("finished"), "{entry}");
+    let (started_at, finished_at) = (
+        entry["started_at"].as_f64().expect("started_at"),
+        entry["finished_at"].as_f64().expect("finished_at"),
+    );
+    assert!((entry["duration_seconds"].as_f64().expect("duration") - duration).abs() < 0.002);
+    assert!(
+        (finished_at - started_at - duration).abs() < 0.002,
+        "{entry}"
+    );
+
+    // Abort ratio: failed_threshold is not an abort.
+    for (i, (code, text)) in [(6, "Aborted by user"), (12, "Failed threshold"), (8, "")]
+        .into_iter()
+        .enumerate()
+    {
+        let other = Run::new(1, 2, 3, 10 + i as u64);
+        post_expect(&exporter, &other.started(), "accepted");
+        post_expect(&exporter, &other.finished(code, Some(text)), "accepted");
+    }
+    let s = exporter.samples();
+    assert_value(&s, &run.abort_ratio(), 0.5);
+    assert_value(&s, &run.last_run_status(), 8.0);
+    assert_value(&s, &run.started_total(), 4.0);
+}
+
+#[test]
+fn optional_fields_may_be_missing_or_null_and_headers_are_lenient() {
+    let exporter = Exporter::start(&[]);
+    let url = exporter.url("/webhook");
+    let run = Run::new(3, 4, 5, 6);
+    let mut start = run.started();
+    for field in ["status_text", "name", "user_id"] {
+        start[field] = Value::Null;
+    }
+    post_expect(&exporter, &start, "accepted");
+    let mut finish = run.finished(3, None);
+    for field in ["name", "user_id"] {
+        finish.as_object_mut().expect("object").remove(field);
+    }
+    post_expect(&exporter, &finish, "accepted");
+
+    // No Content-Type, no X-LoadImpact-ID, no X-LoadImpact-Event, another
+    // User-Agent, a JSON content type with parameters: all accepted.
+    let variants: [&[(&str, &str)]; 5] = [
+        &[
+            ("User-Agent", "LoadImpactWebHook/1.0"),
+            ("X-LoadImpact-ID", "{id}"),
+        ],
+        &[("Content-Type", "application/json")],
+        &[
+            ("Content-Type", "application/json; charset=utf-8"),
+            ("User-Agent", "curl/8.5.0"),
+        ],
+        &[
+            ("Content-Type", "application/json"),
+            ("User-Agent", "k6-cloud"),
+            ("X-LoadImpact-ID", "{id}"),
+        ],
+        &[("Content-Type", "Application/JSON")],
+    ];
+    for (i, headers) in variants.iter().enumerate() {
+        let run = Run::new(3, 4, 5, 100 + i as u64);
+        for body in [run.started(), run.finished(4, None)] {
+            let headers: Vec<(String, String)> = headers
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.replace("{id}", &fresh_id())))
+                .collect();
+            let resp = send(
+                "POST",
+                &url,
+                &headers,
+                Some(&serde_json::to_vec(&body).expect("json")),
+            );
+            expect_result(resp.status, &resp.body, "accepted", &body);
+        }
+    }
+    // Without an id, a repeat is still recognised by (run, event).
+    let run = Run::new(3, 4, 5, 100);
+    let resp = send(
+        "POST",
+        &url,
+        &[],
+        Some(&serde_json::to_vec(&run.finished(4, None)).expect("json")),
+    );
+    expect_result(resp.status, &resp.body, "duplicate", &run.finished(4, None));
+
+    let s = exporter.samples();
+    assert_value(&s, &run.started_total(), 6.0);
+    assert_value(&s, &run.finished_total("finished"), 1.0);
+    assert_value(&s, &run.finished_total("timed_out"), 5.0);
+    assert_value(&s, &run.running(), 0.0);
+    assert_value(&s, &requests_total(200), 13.0);
+}
+
+// ---------------------------------------------------------------------------
+// duplicates, order, expiry
+
+#[test]
+fn duplicates_by_id_and_by_run_and_event_change_nothing_else() {
+    let exporter = Exporter::start(&[]);
+    let run = Run::new(1, 1, 1, 1);
+    post_id_expect(&exporter, &run.started(), "id-start", "accepted");
+
+    let dup = |body: &Value, id: &str, what: &str| {
+        let event = body["event"].as_str().expect("event").to_owned();
+        let before = exporter.samples();
+        post_id_expect(&exporter, body, id, "duplicate");
+        let after = exporter.samples();
+        assert_only_moved(
+            &before,
+            &after,
+            &[
+                (&requests_total(200), 1.0),
+                (&events_total(&event, "duplicate"), 1.0),
+            ],
+            what,
+        );
+    };
+    dup(&run.started(), "id-start", "the same start, same id");
+    dup(&run.started(), "id-start-again", "the same start, new id");
+    // A repeated id is a retry, whatever the body now says.
+    dup(
+        &run.finished(3, None),
+        "id-start",
+        "a finish reusing the start's id",
+    );
+    let other = Run::new(1, 1, 1, 2);
+    dup(&other.started(), "id-start", "another run reusing the id");
+
+    post_id_expect(&exporter, &run.finished(3, None), "id-finish", "accepted");
+    dup(
+        &run.finished(3, None),
+        "id-finish",
+        "the same finish, same id",
+    );
+    dup(
+        &run.finished(6, Some("Aborted by user")),
+        "id-finish-2",
+        "a second finish with another outcome, new id",
+    );
+    dup(
+        &run.started(),
+        "id-start-3",
+        "a start after the finish, new id",
+    );
+
+    let s = exporter.samples();
+    assert_value(&s, &run.started_total(), 1.0);
+    assert_value(&s, &run.finished_total("finished"), 1.0);
+    assert_value(&s, &run.finished_total("aborted_by_user"), 0.0);
+    assert_value(&s, &run.last_run_status(), 3.0);
+    assert_value(&s, &run.duration_count("finished"), 1.0);
+    assert_value(&s, &events_total("test.started", "duplicate"), 4.0);
+    assert_value(&s, &events_total("test.finished", "duplicate"), 3.0);
+}
+
+#[test]
+fn a_finish_before_its_start_counts_once_and_never_runs() {
+    let exporter = Exporter::start(&[]);
+    let run = Run::new(5, 6, 7, 8);
+
+    let before = exporter.samples();
+    post_expect(&exporter, &run.finished(5, None), "accepted");
+    let s = exporter.samples();
+    assert_eq!(
+        delta(&before, &s, &run.finished_total("aborted_by_user")),
+        1.0
+    );
+    assert_eq!(sample(&s, &run.running()), 0.0);
+    assert_eq!(sample(&s, &run.started_total()), 0.0);
+    assert_eq!(run.durations_observed(&s), 0.0, "no start, no duration");
+    assert_value(&s, &run.last_run_status(), 5.0);
+
+    // The late start: ignored for running, counted once in started_total.
+    let before = s;
+    post_expect(&exporter, &run.started(), "ignored");
+    let s = exporter.samples();
+    assert_value(&s, &run.started_total(), 1.0);
+    assert_eq!(sample(&s, &run.running()), 0.0);
+    assert_eq!(run.durations_observed(&s), 0.0);
+    assert_eq!(
+        delta(&before, &s, &events_total("test.started", "ignored")),
+        1.0
+    );
+    assert_eq!(
+        delta(&before, &s, &events_total("test.started", "accepted")),
+        0.0
+    );
+    for o in OUTCOMES {
+        assert_eq!(delta(&before, &s, &run.finished_total(o)), 0.0, "{o}");
+    }
+
+    // And it starts at most once.
+    let before = s;
+    post_expect(&exporter, &run.started(), "duplicate");
+    let s = exporter.samples();
+    assert_only_moved(
+        &before,
+        &s,
+        &[
+            (&requests_total(200), 1.0),
+            (&events_total("test.started", "duplicate"), 1.0),
+        ],
+        "a second late start",
+    );
+
+    let api = runs_api(&exporter);
+    assert!(api_run(&api, "running", 8).is_none(), "{api}");
+    let entry = api_run(&api, "recent", 8).expect("listed as recent");
+    assert_eq!(entry["outcome"], json!("aborted_by_user"));
+    assert_eq!(entry["duration_seconds"], Value::Null, "{entry}");
+}
+
+#[test]
+fn a_run_without_finish_expires_after_max_duration() {
+    let exporter = Exporter::start(&["--run.max-duration=2s"]);
+    let run = Run::new(9, 9, 9, 1);
+    let quick = Run::new(9, 9, 9, 2);
+    let started = Instant::now();
+    post_expect(&exporter, &run.started(), "accepted");
+    post_expect(&exporter, &quick.started(), "accepted");
+    post_expect(&exporter, &quick.finished(3, None), "accepted");
+    let s = exporter.samples();
+    assert_value(&s, &run.running(), 1.0);
+    assert_value(&s, &run.expired_total(), 0.0);
+
+    let s = common::wait_for("the run to expire", Duration::from_secs(10), || {
+        let s = exporter.samples();
+        (sample(&s, &run.expired_total()) == 1.0).then_some(s)
+    });
+    assert!(
+        started.elapsed() >= Duration::from_secs(2),
+        "expired after {:?}, before --run.max-duration",
+        started.elapsed()
+    );
+    assert_value(&s, &run.running(), 0.0);
+    assert_value(&s, &run.started_total(), 2.0);
+    assert_value(&s, &run.finished_total("finished"), 1.0);
+    for o in OUTCOMES.iter().filter(|o| **o != "finished") {
+        assert_value(&s, &run.finished_total(o), 0.0);
+    }
+    assert!(api_run(&runs_api(&exporter), "running", 1).is_none());
+
+    // A finish after expiry still answers 200 and does not bring it back.
+    let resp = post(&exporter, &run.finished(3, None));
+    assert_eq!(resp.status, 200, "{}", resp.body);
+    let s = exporter.samples();
+    assert_value(&s, &run.running(), 0.0);
+    assert_value(&s, &run.expired_total(), 1.0);
+}
+
+#[test]
+fn windows_and_ttls_let_series_and_ids_go() {
+    let exporter = Exporter::start(&[
+        "--abort-ratio.window=2s",
+        "--series.ttl=3s",
+        "--dedup.ttl=2s",
+    ]);
+    let run = Run::new(4, 4, 4, 4);
+    post_expect(&exporter, &run.started(), "accepted");
+    post_expect(&exporter, &run.finished(6, None), "accepted");
+    let hook = json!({"event": "test.notification_channel"});
+    post_id_expect(&exporter, &hook, "hook-id", "accepted");
+    let s = exporter.samples();
+    assert_value(&s, &run.abort_ratio(), 1.0);
+    assert_value(&s, &run.info(), 1.0);
+    assert_value(&s, &run.last_run_status(), 6.0);
+
+    common::wait_for("the abort ratio to leave", Duration::from_secs(10), || {
+        (!exporter.samples().contains_key(&run.abort_ratio())).then_some(())
+    });
+    common::wait_for(
+        "the load test's series to go",
+        Duration::from_secs(10),
+        || {
+            let s = exporter.samples();
+            (!s.contains_key(&run.info()) && !s.contains_key(&run.last_run_status())).then_some(())
+        },
+    );
+    // Counters stay.
+    let s = exporter.samples();
+    assert_value(&s, &run.finished_total("aborted_by_user"), 1.0);
+    // The id is forgotten after --dedup.ttl: the same id is a new delivery.
+    common::wait_for("the id to be forgotten", Duration::from_secs(10), || {
+        let resp = exporter.post_event(&hook, "hook-id");
+        assert_eq!(resp.status, 200, "{}", resp.body);
+        (resp.json() == json!({"result": "accepted"})).then_some(())
+    });
+}
+
+// ---------------------------------------------------------------------------
+// bad input
+
+/// One bad request and what it must get.
+struct Bad {
+    what: String,
+    method: &'static str,
+    headers: Vec<(String, String)>,
+    body: Option<Vec<u8>>,
+    status: u16,
+    field: Option<&'static str>,
+}
+
+impl Bad {
+    fn post(
+        what: impl Into<String>,
+        body: &Value,
+        status: u16,
+        field: Option<&'static str>,
+    ) -> Bad {
+        let event = body["event"].as_str().unwrap_or_default();
+        Bad {
+            what: what.into(),
+            method: "POST",
+            headers: li_headers(event, &fresh_id()),
+            body: Some(serde_json::to_vec(body).expect("json")),
+            status,
+            field,
+        }
+    }
+
+    fn raw(what: &str, headers: Vec<(String, String)>, body: &[u8], status: u16) -> Bad {
+        Bad {
+            what: what.into(),
+            method: "POST",
+            headers,
+            body: Some(body.to_vec()),
+            status,
+            field: None,
+        }
+    }
+}
+
+const REQUIRED_INTEGERS: [&str; 4] = [
+    "load_test_run_id",
+    "load_test_id",
+    "organization_id",
+    "project_id",
+];
+
+/// Missing and wrongly typed fields of a run event.
+fn field_cases(valid: &Value) -> Vec<Bad> {
+    let event = valid["event"].as_str().expect("event").to_owned();
+    let mut out = Vec::new();
+    let with = |field: &'static str, value: Option<Value>| {
+        let mut body = valid.clone();
+        match value {
+            Some(v) => body[field] = v,
+            None => {
+                body.as_object_mut().expect("object").remove(field);
+            }
+        }
+        body
+    };
+    for field in REQUIRED_INTEGERS.into_iter().chain(["status"]) {
+        out.push(Bad::post(
+            format!("{event} without {field}"),
+            &with(field, None),
+            400,
+            Some(field),
+        ));
+        let mut wrong = vec![json!(null), json!("12"), json!(1.5), json!(true), json!({})];
+        if field != "status" {
+            wrong.push(json!(-1));
+        }
+        for value in wrong {
+            out.push(Bad::post(
+                format!("{event} with {field}: {value}"),
+                &with(field, Some(value)),
+                400,
+                Some(field),
+            ));
+        }
+    }
+    for (field, value) in [
+        ("status_text", json!(3)),
+        ("name", json!(7)),
+        ("name", json!(["a"])),
+        ("user_id", json!("someone")),
+        ("user_id", json!(2.5)),
+    ] {
+        out.push(Bad::post(
+            format!("{event} with {field}: {value}"),
+            &with(field, Some(value)),
+            400,
+            Some(field),
+        ));
+    }
+    out
+}
+
+fn bad_inputs(running: &Run, new: &Run) -> Vec<Bad> {
+    let start = new.started();
+    let finish = running.finished(3, None);
+    let mut cases = field_cases(&start);
+    cases.extend(field_cases(&finish));
+
+    let json_headers = li_headers("test.started", "raw");
+    for (what, body) in [
+        (
+            "truncated JSON",
+            &br#"{"event": "test.started", "status": 2"#[..],
+        ),
+        ("not JSON", b"event=test.started"),
+        ("an empty body", b""),
+        ("trailing garbage", br#"{"event": "test.started"} x"#),
+        ("a JSON array", b"[1, 2, 3]"),
+        ("a JSON string", br#""test.started""#),
+        ("JSON null", b"null"),
+    ] {
+        cases.push(Bad::raw(what, json_headers.clone(), body, 400));
+    }
+
+    // The event itself.
+    let mut no_event = start.clone();
+    no_event.as_object_mut().expect("object").remove("event");
+    cases.push(Bad::post("no event at all", &no_event, 400, Some("event")));
+    let mut number_event = start.clone();
+    number_event["event"] = json!(5);
+    cases.push(Bad::post(
+        "a numeric event",
+        &number_event,
+        400,
+        Some("event"),
+    ));
+    for (header, body) in [
+        ("test.finished", &start),
+        ("test.notification_channel", &start),
+        ("test.started", &finish),
+        (
+            "test.started",
+            &json!({"event": "test.notification_channel"}),
+        ),
+    ] {
+        cases.push(Bad {
+            what: format!("header {header} contradicting body {}", body["event"]),
+            method: "POST",
+            headers: li_headers(header, &fresh_id()),
+            body: Some(serde_json::to_vec(body).expect("json")),
+            status: 400,
+            field: None,
+        });
+    }
+    for name in ["test.deleted", "test.created", "test"] {
+        let mut body = start.clone();
+        body["event"] = json!(name);
+        cases.push(Bad::post(
+            format!("unknown event {name}"),
+            &body,
+            422,
+            Some("event"),
+        ));
+    }
+
+    // Methods.
+    for method in ["GET", "PUT", "DELETE", "PATCH"] {
+        cases.push(Bad {
+            what: format!("{method} on the webhook path"),
+            method,
+            headers: li_headers("test.started", &fresh_id()),
+            body: (method != "GET" && method != "DELETE")
+                .then(|| serde_json::to_vec(&start).expect("json")),
+            status: 405,
+            field: None,
+        });
+    }
+
+    // Content types (with an otherwise valid body).
+    let payload = serde_json::to_vec(&start).expect("json");
+    for content_type in [
+        "text/plain",
+        "application/x-www-form-urlencoded",
+        "application/xml",
+        "multipart/form-data; boundary=x",
+    ] {
+        let mut headers = li_headers("test.started", &fresh_id());
+        headers[0].1 = content_type.into();
+        cases.push(Bad::raw(
+            &format!("content type {content_type}"),
+            headers,
+            &payload,
+            415,
+        ));
+    }
+
+    // One byte over the default limit (65536), otherwise valid.
+    cases.push(Bad::raw(
+        "a body of 65537 bytes",
+        li_headers("test.started", &fresh_id()),
+        &padded(&start, 65_537),
+        413,
+    ));
+    cases
+}
+
+/// `body` serialized and padded with trailing whitespace to exactly `len` bytes.
+fn padded(body: &Value, len: usize) -> Vec<u8> {
+    let mut bytes = serde_json::to_vec(body).expect("json");
+    assert!(bytes.len() <= len);
+    bytes.resize(len, b' ');
+    bytes
+}
+
+#[test]
+fn every_bad_input_is_rejected_and_moves_nothing() {
+    let exporter = Exporter::start(&[]);
+    let url = exporter.url("/webhook");
+    // Some state that a wrongly accepted request would move.
+    let running = Run::new(1, 2, 3, 50);
+    let new = Run::new(1, 2, 3, 51);
+    post_expect(&exporter, &running.started(), "accepted");
+    post_expect(
+        &exporter,
+        &json!({"event": "test.notification_channel"}),
+        "accepted",
+    );
+
+    let cases = bad_inputs(&running, &new);
+    let mut failures = Vec::new();
+    for case in &cases {
+        let before = exporter.samples();
+        let resp = send(case.method, &url, &case.headers, case.body.as_deref());
+        let after = exporter.samples();
+        if let Err(e) = check_rejection(case, &resp, &before, &after) {
+            failures.push(format!("{}: {e}", case.what));
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of {} bad inputs were not handled as specified:\n{}",
+        failures.len(),
+        cases.len(),
+        failures.join("\n")
+    );
+
+    // Exactly at the limit is fine.
+    let resp = send(
+        "POST",
+        &url,
+        &li_headers("test.started", &fresh_id()),
+        Some(&padded(&new.started(), 65_536)),
+    );
+    expect_result(resp.status, &resp.body, "accepted", &new.started());
+    let s = exporter.samples();
+    assert_value(&s, &new.started_total(), 2.0);
+    assert_value(&s, &new.running(), 2.0);
+}
+
+/// What a rejection must look like: the status, a JSON error naming the field,
+/// and no series moved but `loadimpact_webhook_requests_total{code}`.
+fn check_rejection(
+    case: &Bad,
+    resp: &Full,
+    before: &Samples,
+    after: &Samples,
+) -> Result<(), String> {
+    if resp.status != case.status {
+        return Err(format!(
+            "expected {}, got {} {:?}",
+            case.status, resp.status, resp.body
+        ));
+    }
+    let body: Value = serde_json::from_str(&resp.body)
+        .map_err(|e| format!("error body is not JSON ({e}): {:?}", resp.body))?;
+    if !resp
+        .header("content-type")
+        .is_some_and(|t| t.starts_with("application/json"))
+    {
+        return Err(format!("content type {:?}", resp.header("content-type")));
+    }
+    if body["result"] != json!("rejected") {
+        return Err(format!("result is not \"rejected\": {body}"));
+    }
+    let error = body["error"].as_str().unwrap_or_default();
+    if error.is_empty() {
+        return Err(format!("no error message: {body}"));
+    }
+    if let Some(field) = case.field {
+        if body["field"] != json!(field) || !error.contains(field) {
+            return Err(format!("the error does not name `{field}`: {body}"));
+        }
+    }
+    if case.status == 405 && !resp.header("allow").is_some_and(|a| a.contains("POST")) {
+        return Err(format!("405 without Allow: POST ({:?})", resp.headers));
+    }
+    let moved = changes(before, after);
+    let counted = requests_total(case.status);
+    let only_counted = moved.len() == 1
+        && moved
+            .get(&counted)
+            .is_some_and(|(b, a)| a.unwrap_or(0.0) - b.unwrap_or(0.0) == 1.0);
+    if !only_counted {
+        return Err(format!("expected only `{counted}` +1, moved: {moved:?}"));
+    }
+    Ok(())
+}
+
+#[test]
+fn an_oversized_chunked_body_is_rejected_too() {
+    use std::io::{Read, Write};
+    let exporter = Exporter::start(&[]);
+    let before = exporter.samples();
+    let body = padded(&Run::new(1, 1, 1, 1).started(), 70_000);
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", exporter.port)).expect("connect");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    let mut request = b"POST /webhook HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n\
+        X-LoadImpact-Event: test.started\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+        .to_vec();
+    for chunk in body.chunks(4096) {
+        request.extend(format!("{:x}\r\n", chunk.len()).bytes());
+        request.extend(chunk);
+        request.extend(b"\r\n");
+    }
+    request.extend(b"0\r\n\r\n");
+    // The server may answer and close before reading it all.
+    let _ = stream.write_all(&request);
+    let mut answer = Vec::new();
+    let _ = stream.read_to_end(&mut answer);
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(
+        answer.starts_with("HTTP/1.1 413"),
+        "expected 413, got {answer:?}"
+    );
+    let after = exporter.samples();
+    assert_only_moved(
+        &before,
+        &after,
+        &[(&requests_total(413), 1.0)],
+        "chunked 413",
+    );
+}
