@@ -401,6 +401,21 @@ fn each_kustomization_has_its_objects() {
             );
         }
     }
+    // The overlays put everything in their namespace.
+    for (dir, namespace) in [
+        ("deploy/kubernetes/overlays/kube-prometheus", "loadimpact"),
+        ("deploy/kubernetes/overlays/sidecar", "monitoring"),
+    ] {
+        for obj in objects(dir).iter().filter(|o| kind(o) != "Namespace") {
+            assert_eq!(
+                obj["metadata"]["namespace"],
+                namespace,
+                "{dir}: {} {}",
+                kind(obj),
+                name(obj)
+            );
+        }
+    }
     // The kube-prometheus-stack Helm chart selects by its release label.
     let objs = objects("deploy/kubernetes/overlays/kube-prometheus");
     for k in ["ServiceMonitor", "PrometheusRule"] {
