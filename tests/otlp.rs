@@ -756,14 +756,18 @@ fn standard_environment_variables() {
     assert_resource(&span, "perf-runs", &[("team", "perf")]);
     assert_headers(&http, &[("x-tenant", "acme"), ("x-env", "ci")]);
 
-    // gRPC through OTEL_EXPORTER_OTLP_TRACES_ENDPOINT and the protocol
-    // variable; service.name from OTEL_RESOURCE_ATTRIBUTES.
+    // gRPC through OTEL_EXPORTER_OTLP_TRACES_ENDPOINT (which wins over
+    // OTEL_EXPORTER_OTLP_ENDPOINT) and the protocol variable; service.name
+    // from OTEL_RESOURCE_ATTRIBUTES.
     let grpc = Receiver::start(Protocol::Grpc);
+    let decoy = Receiver::start(Protocol::Grpc);
     let endpoint = grpc.endpoint();
+    let decoy_url = decoy.base_url();
     let span = one_run_configured_by_env(
         &grpc,
         &[
             ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", &endpoint),
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", &decoy_url),
             ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
             (
                 "OTEL_RESOURCE_ATTRIBUTES",
@@ -773,6 +777,11 @@ fn standard_environment_variables() {
         3001,
     );
     assert_resource(&span, "runs-from-attrs", &[("service.namespace", "qa")]);
+    assert_eq!(
+        decoy.attempts(),
+        0,
+        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT wins over OTEL_EXPORTER_OTLP_ENDPOINT"
+    );
 }
 
 /// Starts an exporter configured by `envs` only (plus the retry cap), runs
@@ -921,8 +930,9 @@ fn kill9_between_start_and_finish_keeps_the_start() {
     assert_span(&span, &finished_ok(&info, Some(start), end));
 }
 
-/// Killed (`kill -9`) while spans wait for a collector that is down: after the
-/// restart they arrive, once, with their original timestamps.
+/// Killed (`kill -9`) while spans wait for a collector that is down, then
+/// restarted and stopped (SIGTERM) with the collector still down: after the
+/// last restart they arrive, once, with their original timestamps.
 #[test]
 fn kill_while_pending_then_restart() {
     let mut receiver = Receiver::down_on_free_port(Protocol::Grpc);
@@ -939,6 +949,14 @@ fn kill_while_pending_then_restart() {
         v >= 1.0
     });
     exporter.kill9();
+
+    // Back with the collector still down: the spans are still pending. A
+    // graceful stop now is prompt (the export loop does not hold it up) and
+    // keeps them too.
+    exporter.restart();
+    assert_eq!(metric(&exporter, "loadimpact_spans_pending"), 3.0);
+    let stopped = exporter.terminate();
+    assert!(stopped.success(), "SIGTERM with spans pending: {stopped}");
 
     receiver.up();
     let restarted_at = now_ns();
@@ -1203,4 +1221,47 @@ fn outbox_is_bounded() {
     std::thread::sleep(QUIET);
     assert_exactly_once(&receiver, &[9200, 9201]);
     assert_eq!(metric(&exporter, "loadimpact_spans_dropped_total"), 1.0);
+}
+
+/// `--otlp.batch-size`: a backlog goes out in requests of at most that many
+/// spans, each span once.
+#[test]
+fn backlog_goes_out_in_batches() {
+    let mut receiver = Receiver::down_on_free_port(Protocol::HttpProtobuf);
+    let mut args = otlp_args(&receiver);
+    args.push("--otlp.batch-size=2".to_owned());
+    let exporter = start_exporter(&args, &[]);
+    let runs: Vec<u64> = (9300..9305).collect();
+    for run in &runs {
+        let info = run_info(*run);
+        start_run(&exporter, &info);
+        finish_run(&exporter, &info, 3, "Finished");
+    }
+    assert_eq!(metric(&exporter, "loadimpact_spans_pending"), 5.0);
+    receiver.up();
+    for run in &runs {
+        wait_span(&receiver, *run);
+    }
+    wait_metric(&exporter, "loadimpact_spans_pending", |v| v == 0.0);
+    let sizes: Vec<usize> = receiver
+        .exports()
+        .iter()
+        .map(|e| {
+            e.resource_spans
+                .iter()
+                .map(|rs| {
+                    rs.scope_spans
+                        .iter()
+                        .map(|ss| ss.spans.len())
+                        .sum::<usize>()
+                })
+                .sum()
+        })
+        .collect();
+    assert!(
+        sizes.iter().all(|n| (1..=2).contains(n)),
+        "every request holds one or two spans: {sizes:?}"
+    );
+    assert_exactly_once(&receiver, &runs);
+    assert_eq!(metric(&exporter, "loadimpact_spans_exported_total"), 5.0);
 }
