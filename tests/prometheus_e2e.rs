@@ -422,6 +422,40 @@ fn rules_alerts_and_dashboards_work_on_the_real_binary() {
         assert_eq!(prometheus.alerts(), expected, "the alerts changed");
     }
 
+    // The annotations' templates expand in the real Prometheus, with the
+    // numbers: the ratio and (through a `query`) the runs finished.
+    let data = prometheus.api("alerts");
+    let abort = data["alerts"]
+        .as_array()
+        .and_then(|alerts| {
+            alerts.iter().find(|a| {
+                a["labels"]["alertname"] == "LoadImpactAbortRateHigh"
+                    && a["labels"]["project_id"] == "11"
+            })
+        })
+        .cloned()
+        .unwrap_or_else(|| panic!("no LoadImpactAbortRateHigh for project 11: {data}"));
+    let description = abort["annotations"]["description"].as_str().unwrap_or("");
+    assert!(
+        description.starts_with("66.67% of the test runs of project 11 (organization 1) "),
+        "{description}"
+    );
+    let runs = description
+        .split(" runs finished")
+        .next()
+        .and_then(|head| head.rsplit('(').next())
+        .and_then(|n| n.parse::<u32>().ok());
+    assert!(
+        matches!(runs, Some(6 | 7)),
+        "runs finished in: {description}"
+    );
+    assert!(
+        abort["annotations"]["runbook_url"]
+            .as_str()
+            .is_some_and(|u| u.ends_with("/docs/runbooks.md#loadimpactabortratehigh")),
+        "{abort}"
+    );
+
     // Every rule evaluates without error; every recording rule has data.
     let rules = prometheus.api("rules");
     let mut recorded = 0;
