@@ -1037,20 +1037,10 @@ fn finish_without_start() {
     );
 }
 
-/// A run with no finish within `--run.max-duration` ends its span at the
-/// expiry: outcome `expired`, status Error, events `started` and `expired`.
-/// A finish that comes later makes no second span.
-#[test]
-fn expired_run() {
-    let receiver = Receiver::start(Protocol::Grpc);
-    let mut args = otlp_args(&receiver);
-    args.push("--run.max-duration=2s".to_owned());
-    let exporter = start_exporter(&args, &[]);
-    let info = run_info(9000);
-    let start = start_run(&exporter, &info);
-    let span = arrived_once(&receiver, info.run);
-    let seen_at = now_ns();
-    assert_identity(&span, &info);
+/// The span of a run that started within `start` and expired (with
+/// `--run.max-duration=2s`) before `seen_at`.
+fn assert_expired(span: &ReceivedSpan, info: &RunInfo, start: Bracket, seen_at: u64) {
+    assert_identity(span, info);
     let s = &span.span;
     assert!(
         start.contains(s.start_time_unix_nano),
@@ -1083,16 +1073,48 @@ fn expired_run() {
         status.message
     );
     assert_eq!(
-        events(&span),
+        events(span),
         vec![
             ("started".to_owned(), s.start_time_unix_nano),
             ("expired".to_owned(), s.end_time_unix_nano),
         ]
     );
+}
+
+/// A run with no finish within `--run.max-duration` ends its span at the
+/// expiry: outcome `expired`, status Error, events `started` and `expired`.
+/// A finish that comes later makes no second span.
+#[test]
+fn expired_run() {
+    let receiver = Receiver::start(Protocol::Grpc);
+    let mut args = otlp_args(&receiver);
+    args.push("--run.max-duration=2s".to_owned());
+    let exporter = start_exporter(&args, &[]);
+    let info = run_info(9000);
+    let start = start_run(&exporter, &info);
+    let span = arrived_once(&receiver, info.run);
+    assert_expired(&span, &info, start, now_ns());
 
     finish_run(&exporter, &info, 3, "Finished");
     std::thread::sleep(QUIET);
     assert_exactly_once(&receiver, &[9000]);
+}
+
+/// Killed after a run's start, and back only after its max duration: the run
+/// still expires, and its span keeps the original start.
+#[test]
+fn expiry_across_a_restart() {
+    let receiver = Receiver::start(Protocol::HttpProtobuf);
+    let mut args = otlp_args(&receiver);
+    args.push("--run.max-duration=2s".to_owned());
+    let mut exporter = start_exporter(&args, &[]);
+    let info = run_info(9050);
+    let start = start_run(&exporter, &info);
+    exporter.kill9();
+    std::thread::sleep(Duration::from_millis(2100));
+    exporter.restart();
+    let span = arrived_once(&receiver, info.run);
+    assert_expired(&span, &info, start, now_ns());
 }
 
 // ---------------------------------------------------------------------------
