@@ -332,3 +332,90 @@ fn paths_and_body_limit_are_configurable_by_flag_and_environment() {
     assert_value(&s, &requests_total(405), 1.0);
     assert!(!s.contains_key(&requests_total(404)));
 }
+
+/// Whether `value`, or anything inside it, is `needle` (as a number or a string).
+fn json_mentions(value: &Value, needle: &str) -> bool {
+    match value {
+        Value::Object(map) => map.values().any(|v| json_mentions(v, needle)),
+        Value::Array(items) => items.iter().any(|v| json_mentions(v, needle)),
+        Value::String(s) => s == needle,
+        Value::Number(n) => n.to_string() == needle,
+        _ => false,
+    }
+}
+
+#[test]
+fn one_structured_log_line_per_accepted_event_in_both_formats() {
+    for format in ["logfmt", "json"] {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let log = dir.path().join("exporter.log");
+        let exporter = Spawned::start(
+            dir.path(),
+            &[&format!("--log.format={format}"), "--log.level=info"],
+            Some(&log),
+        );
+        let url = exporter.url("/webhook");
+        let run = Run::new(1, 2, 3, 4711);
+        for body in [run.started(), run.finished(6, Some("Aborted by user"))] {
+            let resp = post_to(&url, &body);
+            expect_result(resp.status, &resp.body, "accepted", &body);
+        }
+        assert!(exporter.terminate().success());
+
+        let text = std::fs::read_to_string(&log).expect("read the log");
+        let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+        let about = |event: &str, outcome: Option<&str>| -> Vec<&str> {
+            lines
+                .iter()
+                .copied()
+                .filter(|line| {
+                    let mentions = |needle: &str| match format {
+                        "json" => serde_json::from_str::<Value>(line)
+                            .is_ok_and(|v| json_mentions(&v, needle)),
+                        _ => {
+                            line.contains(&format!("={needle}"))
+                                || line.contains(&format!("=\"{needle}\""))
+                        }
+                    };
+                    mentions("4711") && mentions(event) && outcome.is_none_or(mentions)
+                })
+                .collect()
+        };
+        let started = about("test.started", None);
+        let finished = about("test.finished", Some("aborted_by_user"));
+        assert_eq!(
+            (started.len(), finished.len()),
+            (1, 1),
+            "{format}: one line per accepted event with its run id, event and outcome:\n{text}"
+        );
+        if format == "json" {
+            for line in &lines {
+                assert!(
+                    serde_json::from_str::<Value>(line).is_ok_and(|v| v.is_object()),
+                    "not a JSON object: {line}"
+                );
+            }
+        } else {
+            for line in &lines {
+                assert!(
+                    serde_json::from_str::<Value>(line).is_err() && line.contains('='),
+                    "not logfmt: {line}"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn version_flag_prints_the_version() {
+    let out = Command::new(common::exporter_bin())
+        .arg("--version")
+        .output()
+        .expect("run --version");
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains(env!("CARGO_PKG_VERSION")),
+        "--version printed {text:?}"
+    );
+}

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use blackbox::*;
 use common::{sample, Exporter};
-use serde_json::{json, Value};
+use serde_json::json;
 
 /// Puts state of every kind into the exporter: runs of every outcome in two
 /// projects, running runs, an out-of-order run, duplicates, the Test Hook and
@@ -190,71 +190,244 @@ fn kill_9_and_sigterm_restarts_keep_every_metric_exactly() {
     assert!(api_run(&api, "running", 3001).is_some(), "{api}");
 }
 
+/// Threads posting starts of distinct runs (thread `t` in project `50 + t`)
+/// as fast as they can, until told to stop or the connection fails.
+struct Load {
+    answered: Arc<AtomicUsize>,
+    stop: Arc<AtomicBool>,
+    workers: Vec<std::thread::JoinHandle<Tally>>,
+}
+
+/// What one thread of a `Load` saw.
+#[derive(Default)]
+struct Tally {
+    /// Deliveries answered 200 `accepted`.
+    accepted: usize,
+    /// Deliveries sent (or being sent) whatever happened to them.
+    attempted: usize,
+    /// Answers other than 200.
+    refused: Vec<(u16, String)>,
+}
+
+const LOAD_THREADS: u64 = 6;
+
+impl Load {
+    fn start(url: &str) -> Load {
+        let answered = Arc::new(AtomicUsize::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let workers = (0..LOAD_THREADS)
+            .map(|t| {
+                let (url, answered, stop) = (url.to_owned(), answered.clone(), stop.clone());
+                std::thread::spawn(move || {
+                    let mut tally = Tally::default();
+                    for i in 0.. {
+                        if stop.load(Ordering::Relaxed) {
+                            break;
+                        }
+                        let body = Run::new(5, 50 + t, 60, t * 1_000_000 + i).started();
+                        let payload = serde_json::to_vec(&body).expect("json");
+                        let headers = li_headers("test.started", &fresh_id());
+                        tally.attempted += 1;
+                        match try_send("POST", &url, &headers, Some(&payload)) {
+                            Some(r) if r.status == 200 => {
+                                assert_eq!(r.json(), json!({"result": "accepted"}));
+                                tally.accepted += 1;
+                                answered.fetch_add(1, Ordering::Relaxed);
+                            }
+                            Some(r) => tally.refused.push((r.status, r.body)),
+                            // The listener is gone.
+                            None => break,
+                        }
+                    }
+                    tally
+                })
+            })
+            .collect();
+        let load = Load {
+            answered,
+            stop,
+            workers,
+        };
+        common::wait_for("deliveries to flow", Duration::from_secs(20), || {
+            (load.answered.load(Ordering::Relaxed) >= 60).then_some(())
+        });
+        load
+    }
+
+    /// Stops the threads; their tallies, by thread.
+    fn finish(self) -> Vec<Tally> {
+        self.stop.store(true, Ordering::Relaxed);
+        let tallies: Vec<Tally> = self
+            .workers
+            .into_iter()
+            .map(|w| w.join().expect("worker"))
+            .collect();
+        for tally in &tallies {
+            for (status, body) in &tally.refused {
+                assert_eq!(
+                    *status, 503,
+                    "only a 503 (retry later) may refuse a valid delivery: {body}"
+                );
+            }
+        }
+        tallies
+    }
+}
+
+fn project_of_thread(t: u64) -> Run {
+    Run::new(5, 50 + t, 60, 0)
+}
+
 #[test]
 fn sigterm_finishes_in_flight_deliveries() {
-    const THREADS: u64 = 6;
     let mut exporter = Exporter::start(&[]);
-    let url = exporter.url("/webhook");
-    let answered = Arc::new(AtomicUsize::new(0));
-    let stop = Arc::new(AtomicBool::new(false));
-
-    let workers: Vec<_> = (0..THREADS)
-        .map(|t| {
-            let (url, answered, stop) = (url.clone(), answered.clone(), stop.clone());
-            std::thread::spawn(move || {
-                let mut accepted = Vec::new();
-                let mut other = Vec::new();
-                for i in 0.. {
-                    if stop.load(Ordering::Relaxed) {
-                        break;
-                    }
-                    let run = Run::new(5, 50 + t, 60, t * 1_000_000 + i);
-                    let body: Value = run.started();
-                    let payload = serde_json::to_vec(&body).expect("json");
-                    let headers = li_headers("test.started", &fresh_id());
-                    match try_send("POST", &url, &headers, Some(&payload)) {
-                        Some(r) if r.status == 200 => {
-                            assert_eq!(r.json(), json!({"result": "accepted"}));
-                            accepted.push(run.id);
-                            answered.fetch_add(1, Ordering::Relaxed);
-                        }
-                        Some(r) => other.push((r.status, r.body)),
-                        // The listener is gone: the exporter stopped accepting.
-                        None => break,
-                    }
-                }
-                (accepted, other)
-            })
-        })
-        .collect();
-
-    common::wait_for("deliveries to flow", Duration::from_secs(20), || {
-        (answered.load(Ordering::Relaxed) >= 60).then_some(())
-    });
+    let load = Load::start(&exporter.url("/webhook"));
     let status = exporter.terminate();
-    stop.store(true, Ordering::Relaxed);
     assert!(status.success(), "SIGTERM exit status: {status}");
+    let tallies = load.finish();
 
-    let mut accepted = 0;
-    for worker in workers {
-        let (ok, other) = worker.join().expect("worker");
-        accepted += ok.len();
-        for (status, body) in other {
-            assert_eq!(
-                status, 503,
-                "only a 503 (retry later) may refuse a valid delivery: {body}"
-            );
-        }
-    }
     exporter.restart();
     let s = exporter.samples();
-    let accepted = accepted as f64;
+    let accepted = tallies.iter().map(|t| t.accepted).sum::<usize>() as f64;
     assert_eq!(
         sample(&s, &events_total("test.started", "accepted")),
         accepted,
         "every delivery answered 200 is counted, and no other"
     );
-    assert_eq!(sum_of(&s, "loadimpact_test_runs_started_total"), accepted);
-    assert_eq!(sum_of(&s, "loadimpact_test_runs_running"), accepted);
+    for (t, tally) in (0..).zip(&tallies) {
+        let run = project_of_thread(t);
+        assert_eq!(sample(&s, &run.started_total()), tally.accepted as f64);
+        assert_eq!(sample(&s, &run.running()), tally.accepted as f64);
+    }
     assert_eq!(sample(&s, &requests_total(200)), accepted);
+}
+
+#[test]
+fn kill_9_under_load_loses_no_acknowledged_delivery() {
+    let mut exporter = Exporter::start(&[]);
+    let load = Load::start(&exporter.url("/webhook"));
+    exporter.kill9();
+    let tallies = load.finish();
+
+    exporter.restart();
+    let s = exporter.samples();
+    for (t, tally) in (0..).zip(&tallies) {
+        // A delivery may be stored and its answer lost with the process, never
+        // the other way round.
+        let run = project_of_thread(t);
+        let started = sample(&s, &run.started_total());
+        assert!(
+            started >= tally.accepted as f64 && started <= tally.attempted as f64,
+            "thread {t}: {started} runs stored, {} acknowledged, {} sent",
+            tally.accepted,
+            tally.attempted
+        );
+        assert_eq!(sample(&s, &run.running()), started);
+    }
+    // And the exporter goes on from there.
+    let before = s;
+    post_expect(
+        &exporter,
+        &Run::new(5, 50, 60, 99_999_999).started(),
+        "accepted",
+    );
+    let after = exporter.samples();
+    assert_eq!(
+        delta(&before, &after, &project_of_thread(0).started_total()),
+        1.0
+    );
+    assert_eq!(delta(&before, &after, &requests_total(200)), 1.0);
+}
+
+#[test]
+fn sigterm_waits_for_a_request_in_progress_and_stops_accepting() {
+    use std::io::{Read, Write};
+    let mut exporter = Exporter::start(&[]);
+    let url = exporter.url("/webhook");
+    let slow = Run::new(6, 60, 600, 6000);
+    let body = serde_json::to_vec(&slow.started()).expect("json");
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", exporter.port)).expect("connect");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .expect("timeout");
+    let head = format!(
+        "POST /webhook HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n\
+         X-LoadImpact-Event: test.started\r\nX-LoadImpact-ID: slow-1\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    stream.write_all(head.as_bytes()).expect("send the head");
+    stream
+        .write_all(&body[..10])
+        .expect("send part of the body");
+    // Nothing outside shows that the exporter has read the head: give it a moment.
+    std::thread::sleep(Duration::from_millis(200));
+
+    let sender = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(800));
+        stream.write_all(&body[10..]).expect("send the rest");
+        let mut answer = String::new();
+        let _ = stream.read_to_string(&mut answer);
+        answer
+    });
+    // A new connection while the exporter drains must not be served.
+    let newcomer = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(400));
+        let payload = serde_json::to_vec(&Run::new(6, 60, 600, 6001).started()).expect("json");
+        let headers = li_headers("test.started", "newcomer");
+        try_send("POST", &url, &headers, Some(&payload)).map(|r| (r.status, r.body))
+    });
+    let status = exporter.terminate();
+    assert!(status.success(), "SIGTERM exit status: {status}");
+    let answer = sender.join().expect("sender");
+    let newcomer = newcomer.join().expect("newcomer");
+    assert!(
+        newcomer.as_ref().is_none_or(|(status, _)| *status != 200),
+        "a request arriving after SIGTERM was served: {newcomer:?}"
+    );
+    assert!(
+        answer.starts_with("HTTP/1.1 200") && answer.contains(r#"{"result":"accepted"}"#),
+        "the request in progress at SIGTERM: {answer:?}"
+    );
+    exporter.restart();
+    assert_eq!(sample(&exporter.samples(), &slow.started_total()), 1.0);
+}
+
+#[test]
+fn a_run_expires_by_its_stored_start_time_after_downtime() {
+    let mut exporter = Exporter::start(&["--run.max-duration=2s"]);
+    let run = Run::new(8, 8, 8, 8);
+    post_expect(&exporter, &run.started(), "accepted");
+    exporter.kill9();
+    // Down for longer than --run.max-duration: nothing to poll meanwhile.
+    std::thread::sleep(Duration::from_millis(2500));
+    exporter.restart();
+    let restarted = std::time::Instant::now();
+    // Due already: it must not wait another --run.max-duration after the restart.
+    common::wait_for("the run to expire", Duration::from_millis(1500), || {
+        let s = exporter.samples();
+        (sample(&s, &run.expired_total()) == 1.0 && sample(&s, &run.running()) == 0.0).then_some(())
+    });
+    assert!(restarted.elapsed() < Duration::from_secs(2));
+    assert_value(&exporter.samples(), &run.started_total(), 1.0);
+}
+
+#[test]
+fn the_default_store_is_data_under_the_working_directory() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let exporter = Spawned::start(dir.path(), &[], None);
+    let run = Run::new(3, 3, 3, 3);
+    let resp = post_to(&exporter.url("/webhook"), &run.started());
+    expect_result(resp.status, &resp.body, "accepted", &run.started());
+    let status = exporter.terminate();
+    assert!(status.success());
+    let data = dir.path().join("data");
+    assert!(
+        data.is_dir() && std::fs::read_dir(&data).expect("read ./data").count() > 0,
+        "the store is not in ./data"
+    );
+    let exporter = Spawned::start(dir.path(), &[], None);
+    let resp = common::get(&exporter.url("/metrics"));
+    let s = common::parse_samples(&resp.body, "loadimpact_");
+    assert_value(&s, &run.started_total(), 1.0);
 }

@@ -905,3 +905,114 @@ fn an_oversized_chunked_body_is_rejected_too() {
         "chunked 413",
     );
 }
+
+// ---------------------------------------------------------------------------
+// concurrency and extremes
+
+/// Posts `copies` copies of `body` at once (each with its own id, or all with
+/// `id`); the answers' results, sorted.
+fn post_at_once(url: &str, body: &Value, copies: usize, id: Option<&str>) -> Vec<String> {
+    let barrier = std::sync::Arc::new(std::sync::Barrier::new(copies));
+    let threads: Vec<_> = (0..copies)
+        .map(|_| {
+            let (url, body, barrier) = (url.to_owned(), body.clone(), barrier.clone());
+            let id = id.map_or_else(fresh_id, str::to_owned);
+            std::thread::spawn(move || {
+                let payload = serde_json::to_vec(&body).expect("json");
+                let headers = li_headers(body["event"].as_str().expect("event"), &id);
+                barrier.wait();
+                let resp = send("POST", &url, &headers, Some(&payload));
+                assert_eq!(resp.status, 200, "{}", resp.body);
+                resp.json()["result"].as_str().expect("result").to_owned()
+            })
+        })
+        .collect();
+    let mut results: Vec<String> = threads
+        .into_iter()
+        .map(|t| t.join().expect("poster"))
+        .collect();
+    results.sort();
+    results
+}
+
+#[test]
+fn concurrent_copies_of_a_delivery_count_once() {
+    let exporter = Exporter::start(&[]);
+    let url = exporter.url("/webhook");
+    let once = |results: Vec<String>, what: &str| {
+        let mut expected = vec!["duplicate".to_owned(); results.len() - 1];
+        expected.insert(0, "accepted".to_owned());
+        assert_eq!(results, expected, "{what}");
+    };
+    let run = Run::new(2, 2, 2, 1);
+    once(
+        post_at_once(&url, &run.started(), 8, None),
+        "8 starts, 8 ids",
+    );
+    once(
+        post_at_once(&url, &run.finished(4, None), 8, None),
+        "8 finishes, 8 ids",
+    );
+    let other = Run::new(2, 2, 2, 2);
+    once(
+        post_at_once(&url, &other.started(), 8, Some("same-id")),
+        "8 starts, one id",
+    );
+
+    // A start and its finish racing: either order is fine, but consistently.
+    let racing = Run::new(2, 3, 2, 3);
+    let (start, finish) = (racing.started(), racing.finished(3, None));
+    let start = std::thread::spawn({
+        let url = url.clone();
+        move || post_to(&url, &start).json()["result"].clone()
+    });
+    let finished = post_to(&url, &finish);
+    let start = start.join().expect("start");
+    assert_eq!(finished.json(), json!({"result": "accepted"}));
+
+    let s = exporter.samples();
+    assert_value(&s, &run.started_total(), 2.0);
+    assert_value(&s, &run.running(), 1.0);
+    assert_value(&s, &run.finished_total("timed_out"), 1.0);
+    assert_value(&s, &run.duration_count("timed_out"), 1.0);
+    assert_value(&s, &events_total("test.started", "duplicate"), 14.0);
+    assert_value(&s, &events_total("test.finished", "duplicate"), 7.0);
+    assert_value(&s, &racing.started_total(), 1.0);
+    assert_value(&s, &racing.running(), 0.0);
+    assert_value(&s, &racing.finished_total("finished"), 1.0);
+    let observed = if start == json!("accepted") {
+        1.0
+    } else {
+        assert_eq!(start, json!("ignored"));
+        0.0
+    };
+    assert_eq!(racing.durations_observed(&s), observed, "start was {start}");
+}
+
+#[test]
+fn ids_are_kept_exactly_from_zero_to_u64_max() {
+    let exporter = Exporter::start(&[]);
+    let big = Run::new(
+        u64::MAX,
+        9_007_199_254_740_993,
+        u64::MAX - 1,
+        12_345_678_901_234_567_891,
+    );
+    let zero = Run::new(0, 0, 0, 0);
+    for run in [big, zero] {
+        post_expect(&exporter, &run.started(), "accepted");
+        post_expect(&exporter, &run.finished(3, None), "accepted");
+    }
+    let s = exporter.samples();
+    for run in [big, zero] {
+        assert_value(&s, &run.started_total(), 1.0);
+        assert_value(&s, &run.finished_total("finished"), 1.0);
+        assert_value(&s, &run.info(), 1.0);
+        assert_value(&s, &run.last_run_status(), 3.0);
+        let api = runs_api(&exporter);
+        let entry = api_run(&api, "recent", run.id).expect("listed with its exact id");
+        assert_eq!(entry["organization_id"], json!(run.org));
+        assert_eq!(entry["project_id"], json!(run.project));
+        assert_eq!(entry["load_test_id"], json!(run.load_test));
+    }
+}

@@ -387,3 +387,75 @@ pub fn api_run(runs: &Value, list: &str, id: u64) -> Option<Value> {
         .find(|r| r["load_test_run_id"] == json!(id))
         .cloned()
 }
+
+/// The binary started by hand (not through `common::Exporter`), for what that
+/// helper fixes: the working directory (the default `./data` store) and the
+/// process's output (the log lines).
+pub struct Spawned {
+    pub child: std::process::Child,
+    pub port: u16,
+}
+
+impl Spawned {
+    /// Starts the binary in `cwd` with `args` (plus a free listen address) and
+    /// waits for `/-/ready`. stdout and stderr go to `log` when given.
+    pub fn start(cwd: &std::path::Path, args: &[&str], log: Option<&std::path::Path>) -> Spawned {
+        use std::process::{Command, Stdio};
+        let port = common::free_port();
+        let output = |log: Option<&std::path::Path>| match log {
+            Some(path) => Stdio::from(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(path)
+                    .expect("open the log file"),
+            ),
+            None => Stdio::null(),
+        };
+        let child = Command::new(common::exporter_bin())
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .args(args)
+            .current_dir(cwd)
+            .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
+            .env_remove("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+            .stdin(Stdio::null())
+            .stdout(output(log))
+            .stderr(output(log))
+            .spawn()
+            .expect("spawn loadimpact-exporter");
+        let mut spawned = Spawned { child, port };
+        let url = spawned.url("/-/ready");
+        common::wait_for("the exporter to be ready", Duration::from_secs(20), || {
+            if let Ok(Some(status)) = spawned.child.try_wait() {
+                panic!("exporter exited during start-up: {status}");
+            }
+            common::try_request("GET", &url, &[], None)
+                .is_some_and(|r| r.status == 200)
+                .then_some(())
+        });
+        spawned
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{}", self.port, path)
+    }
+
+    /// SIGTERM and the exit status.
+    pub fn terminate(mut self) -> std::process::ExitStatus {
+        let sent = std::process::Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(sent.success(), "kill -TERM failed");
+        common::wait_for("the exporter to exit", Duration::from_secs(20), || {
+            self.child.try_wait().expect("try_wait")
+        })
+    }
+}
+
+impl Drop for Spawned {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
