@@ -1287,3 +1287,69 @@ fn backlog_goes_out_in_batches() {
     assert_exactly_once(&receiver, &runs);
     assert_eq!(metric(&exporter, "loadimpact_spans_exported_total"), 5.0);
 }
+
+/// A full outbox says so in a log line (the metric is checked in
+/// `outbox_is_bounded`). The binary is started here by hand to read its stderr.
+#[test]
+fn full_outbox_is_logged() {
+    let receiver = Receiver::down_on_free_port(Protocol::Grpc);
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let log_path = tmp.path().join("stderr.log");
+    let port = common::free_port();
+    let mut child = std::process::Command::new(common::exporter_bin())
+        .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+        .arg(format!(
+            "--storage.path={}",
+            tmp.path().join("data").display()
+        ))
+        .args(otlp_args(&receiver))
+        .args(["--otlp.max-pending=1", "--log.format=json"])
+        .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
+        .env_remove("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log_path).expect("log file"))
+        .spawn()
+        .expect("spawn the exporter");
+    struct KillOnDrop<'a>(&'a mut std::process::Child);
+    impl Drop for KillOnDrop<'_> {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let _guard = KillOnDrop(&mut child);
+    let base = format!("http://127.0.0.1:{port}");
+    wait_for("the exporter to be ready", Duration::from_secs(20), || {
+        common::try_request("GET", &format!("{base}/-/ready"), &[], None)
+            .filter(|r| r.status == 200)
+    });
+    for run in [9400, 9401] {
+        let body = finished_body(&run_info(run), 3, "Finished");
+        let resp = common::request(
+            "POST",
+            &format!("{base}/webhook"),
+            &[
+                ("Content-Type", "application/json"),
+                ("X-LoadImpact-Event", "test.finished"),
+                ("X-LoadImpact-ID", &format!("finish-{run}")),
+            ],
+            Some(body.to_string().as_bytes()),
+        );
+        assert_eq!(resp.status, 200, "{}", resp.body);
+    }
+    let line = wait_for("a log line about the full outbox", ARRIVAL, || {
+        let text = std::fs::read_to_string(&log_path).unwrap_or_default();
+        text.lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .find(|l| {
+                let message = l["message"].as_str().unwrap_or("").to_ascii_lowercase();
+                message.contains("full") || message.contains("max-pending")
+            })
+    });
+    let level = line["level"].as_str().unwrap_or("");
+    assert!(
+        level == "WARN" || level == "ERROR",
+        "a full outbox is a warning: {line}"
+    );
+}
