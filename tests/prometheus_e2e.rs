@@ -624,3 +624,114 @@ fn rules_alerts_and_dashboards_work_on_the_real_binary() {
         begin.elapsed().as_secs_f64()
     );
 }
+
+/// The simulator posts exactly the runs it announces: the exporter's counters
+/// agree with its summary, duplicates included.
+#[test]
+fn simulate_posts_exactly_the_planned_runs() {
+    let exporter = Exporter::start(&[]);
+    let output = Command::new(exporter_bin())
+        .args(["simulate", "--url", &exporter.url("/webhook")])
+        .args([
+            "--organization-id",
+            "7",
+            "--first-project-id",
+            "70",
+            "--projects",
+            "2",
+        ])
+        .args(["--runs", "10", "--duplicate-ratio", "0.5", "--seed", "3"])
+        .args([
+            "--outcomes",
+            "finished=3,aborted_by_system=1,failed_threshold=1",
+        ])
+        .args(["--interval", "10ms", "--run-duration", "100ms"])
+        .output()
+        .expect("run simulate");
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(
+        output.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+
+    // "posted=N accepted=N duplicate=N ignored=N errors=N in …"
+    let field = |name: &str| -> f64 {
+        stdout
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix(&format!("{name}=")))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no {name}= in {stdout}"))
+    };
+    // 2 projects x 10 runs, each a start and a finish; 0.5 of them sent twice.
+    assert_eq!(field("accepted"), 40.0, "{stdout}");
+    assert!(field("duplicate") > 0.0, "{stdout}");
+    assert_eq!(
+        field("posted"),
+        field("accepted") + field("duplicate"),
+        "{stdout}"
+    );
+    assert_eq!(field("errors"), 0.0, "{stdout}");
+    // Per project: 6 finished, 2 aborted by system, 2 failed threshold.
+    assert_eq!(field("finished"), 12.0, "{stdout}");
+
+    let samples = exporter.samples();
+    let total = |prefix: &str| -> f64 {
+        samples
+            .iter()
+            .filter(|(k, _)| k.starts_with(prefix))
+            .map(|(_, v)| v)
+            .sum()
+    };
+    let duplicates =
+        total(r#"loadimpact_webhook_events_total{event="test.started",result="duplicate"}"#)
+            + total(r#"loadimpact_webhook_events_total{event="test.finished",result="duplicate"}"#);
+    assert_eq!(duplicates, field("duplicate"));
+    for project in ["70", "71"] {
+        let labels = format!(r#"organization_id="7",project_id="{project}""#);
+        assert_eq!(
+            total(&format!("loadimpact_test_runs_started_total{{{labels}}}")),
+            10.0
+        );
+        assert_eq!(
+            total(&format!("loadimpact_test_runs_running{{{labels}}}")),
+            0.0
+        );
+        for (outcome, want) in [
+            ("finished", 6.0),
+            ("aborted_by_system", 2.0),
+            ("failed_threshold", 2.0),
+        ] {
+            let series =
+                format!(r#"loadimpact_test_runs_finished_total{{{labels},outcome="{outcome}"}}"#);
+            assert_eq!(total(&series), want, "{series}");
+        }
+        assert_eq!(
+            total(&format!("loadimpact_test_runs_finished_total{{{labels},")),
+            10.0
+        );
+        assert_eq!(
+            total(&format!(
+                "loadimpact_test_run_duration_seconds_count{{{labels},"
+            )),
+            10.0
+        );
+    }
+}
+
+/// With nothing listening, the simulator says so and exits non-zero.
+#[test]
+fn simulate_fails_when_the_exporter_is_unreachable() {
+    let url = format!("http://127.0.0.1:{}/webhook", free_port());
+    let output = Command::new(exporter_bin())
+        .args(["simulate", "--url", &url, "--projects", "1", "--runs", "1"])
+        .args(["--duplicate-ratio", "0", "--run-duration", "10ms"])
+        .output()
+        .expect("run simulate");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(!output.status.success(), "{stdout}");
+    assert!(
+        stdout.contains("posted=2 accepted=0 duplicate=0 ignored=0 errors=2"),
+        "{stdout}"
+    );
+}
