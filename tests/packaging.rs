@@ -384,6 +384,7 @@ fn each_kustomization_has_its_objects() {
                 ("NetworkPolicy", "prometheus-server"),
                 ("PersistentVolumeClaim", "loadimpact-exporter-data"),
                 ("PersistentVolumeClaim", "prometheus-server-data"),
+                ("ConfigMap", "loadimpact-exporter-dashboards"),
             ],
         ),
     ];
@@ -949,10 +950,7 @@ fn dashboards() -> BTreeMap<String, String> {
 #[test]
 fn the_dashboards_configmap_is_byte_identical_to_dashboards() {
     let expected = dashboards();
-    for dir in [
-        "deploy/kubernetes/base",
-        "deploy/kubernetes/overlays/kube-prometheus",
-    ] {
+    for dir in KUSTOMIZATIONS {
         let objs = objects(dir);
         let maps: Vec<&Value> = of_kind(&objs, "ConfigMap")
             .into_iter()
