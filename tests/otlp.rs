@@ -1353,3 +1353,34 @@ fn full_outbox_is_logged() {
         "a full outbox is a warning: {line}"
     );
 }
+
+/// A burst of runs posted from several clients at once: every span arrives,
+/// once, while spans are exported during the burst.
+#[test]
+fn burst_of_runs_all_arrive_once() {
+    let receiver = Receiver::start(Protocol::Grpc);
+    let exporter = start_exporter(&otlp_args(&receiver), &[]);
+    let runs: Vec<u64> = (10_000..10_080).collect();
+    std::thread::scope(|scope| {
+        for chunk in runs.chunks(20) {
+            let exporter = &exporter;
+            scope.spawn(move || {
+                for run in chunk {
+                    let info = run_info(*run);
+                    start_run(exporter, &info);
+                    finish_run(exporter, &info, 3, "Finished");
+                }
+            });
+        }
+    });
+    let what = format!("all {} spans", runs.len());
+    wait_for(&what, ARRIVAL, || {
+        (receiver.spans().len() >= runs.len()).then_some(())
+    });
+    wait_metric(&exporter, "loadimpact_spans_pending", |v| v == 0.0);
+    assert_exactly_once(&receiver, &runs);
+    assert_eq!(
+        metric(&exporter, "loadimpact_spans_exported_total"),
+        runs.len() as f64
+    );
+}
