@@ -6,7 +6,8 @@
 //! outcome, when each webhook goes out, which ones are sent twice), so the same
 //! flags always post the same webhooks; only the exporter's answers are
 //! counted live. Each project gets exactly the share of outcomes that
-//! `--outcomes` asks for (largest remainder), in a shuffled order. Runs start
+//! `--outcomes` asks for (largest remainder, after `--spread` has made some
+//! projects worse or better than others), in a shuffled order. Runs start
 //! `--interval` apart and last about `--run-duration` (0.5x to 1.5x), so they
 //! overlap; `--duplicate-ratio` of the webhooks are delivered a second time,
 //! half as a retry with the same `X-LoadImpact-ID` and half as a redelivery
@@ -93,6 +94,13 @@ pub struct SimulateArgs {
     #[arg(long, default_value = DEFAULT_OUTCOMES)]
     pub outcomes: OutcomeWeights,
 
+    /// How much projects differ: each project's weights of the outcomes other
+    /// than `finished` are multiplied by e^(spread x a number from -1 to 1), so
+    /// some projects abort or fail more than others; 0 gives every project
+    /// exactly the `--outcomes` mix.
+    #[arg(long, default_value_t = 1.0, value_parser = parse_spread)]
+    pub spread: f64,
+
     /// Time between the starts of two consecutive runs.
     #[arg(long, alias = "pace", default_value = "100ms", value_parser = humantime::parse_duration)]
     pub interval: Duration,
@@ -104,6 +112,13 @@ pub struct SimulateArgs {
     /// Status code table the codes are sent in (the texts are always sent).
     #[arg(long, value_enum, default_value = "v3")]
     pub status_table: StatusTable,
+}
+
+fn parse_spread(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(v) if (0.0..=5.0).contains(&v) => Ok(v),
+        _ => Err(format!("`{text}` is not a number from 0 to 5")),
+    }
 }
 
 fn parse_ratio(text: &str) -> Result<f64, String> {
@@ -237,7 +252,24 @@ fn plan(args: &SimulateArgs) -> Plan {
         let finishing = args.runs - stuck.min(args.runs);
         unfinished += args.runs - finishing;
         let mut runs: Vec<Option<Outcome>> = vec![None; (args.runs - finishing) as usize];
-        for (i, (outcome, n)) in allocate(&args.outcomes, finishing).into_iter().enumerate() {
+        let factor = (args.spread * rng.random_range(-1.0..=1.0)).exp();
+        let weights = OutcomeWeights(
+            args.outcomes
+                .0
+                .iter()
+                .map(|&(o, w)| {
+                    (
+                        o,
+                        if o == Outcome::Finished {
+                            w
+                        } else {
+                            w * factor
+                        },
+                    )
+                })
+                .collect(),
+        );
+        for (i, (outcome, n)) in allocate(&weights, finishing).into_iter().enumerate() {
             totals[i].1 += n;
             runs.extend(std::iter::repeat_n(Some(outcome), n as usize));
         }
@@ -590,6 +622,68 @@ mod tests {
         ids.dedup();
         assert_eq!(ids.len(), 10, "one distinct run id per run");
         assert!(p1.deliveries.windows(2).all(|w| w[0].at <= w[1].at));
+    }
+
+    /// Distinct finished runs per (project, status text).
+    fn finished_runs(plan: &Plan) -> std::collections::BTreeMap<(u64, String), usize> {
+        let mut runs =
+            std::collections::BTreeMap::<(u64, String), std::collections::BTreeSet<u64>>::new();
+        for delivery in plan
+            .deliveries
+            .iter()
+            .filter(|d| d.event == "test.finished")
+        {
+            let Ok(body) = serde_json::from_slice::<serde_json::Value>(&delivery.body) else {
+                panic!("body is not JSON")
+            };
+            let project = body["project_id"].as_u64().unwrap_or_default();
+            let text = body["status_text"].as_str().unwrap_or_default().to_owned();
+            let run = body["load_test_run_id"].as_u64().unwrap_or_default();
+            runs.entry((project, text)).or_default().insert(run);
+        }
+        runs.into_iter().map(|(k, v)| (k, v.len())).collect()
+    }
+
+    #[test]
+    fn spread_zero_keeps_the_mix_and_a_spread_makes_projects_differ() {
+        let flat = plan(&args(&[
+            "--projects",
+            "4",
+            "--runs",
+            "10",
+            "--spread",
+            "0",
+            "--outcomes",
+            "finished=4,aborted_by_user=1",
+        ]));
+        for project in 1..=4 {
+            let runs = finished_runs(&flat);
+            assert_eq!(runs.get(&(project, "Finished".into())), Some(&8));
+            assert_eq!(runs.get(&(project, "Aborted by user".into())), Some(&2));
+        }
+        let spread = plan(&args(&[
+            "--projects",
+            "4",
+            "--runs",
+            "20",
+            "--spread",
+            "2",
+            "--outcomes",
+            "finished=4,aborted_by_user=1",
+        ]));
+        let runs = finished_runs(&spread);
+        let aborted: std::collections::BTreeSet<usize> = (1..=4)
+            .map(|p| {
+                runs.get(&(p, "Aborted by user".into()))
+                    .copied()
+                    .unwrap_or(0)
+            })
+            .collect();
+        assert!(
+            aborted.len() > 1,
+            "every project got the same aborts: {runs:?}"
+        );
+        assert!(Wrapper::try_parse_from(["simulate", "--spread", "-1"]).is_err());
     }
 
     #[test]

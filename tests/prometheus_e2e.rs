@@ -183,7 +183,14 @@ fn simulate(url: &str, args: &[&str]) -> Child {
         // zero-valued series before its first finish, so increase() counts it.
         .args(["--projects", "1", "--interval", "50ms"])
         .args(["--run-duration", "4s"])
-        .args(["--duplicate-ratio", "0.2", "--concurrency", "4"])
+        .args([
+            "--duplicate-ratio",
+            "0.2",
+            "--concurrency",
+            "4",
+            "--spread",
+            "0",
+        ])
         .args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -640,7 +647,16 @@ fn simulate_posts_exactly_the_planned_runs() {
             "--projects",
             "2",
         ])
-        .args(["--runs", "10", "--duplicate-ratio", "0.5", "--seed", "3"])
+        .args([
+            "--runs",
+            "10",
+            "--duplicate-ratio",
+            "0.5",
+            "--seed",
+            "3",
+            "--spread",
+            "0",
+        ])
         .args([
             "--outcomes",
             "finished=3,aborted_by_system=1,failed_threshold=1",
