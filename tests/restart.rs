@@ -431,3 +431,55 @@ fn the_default_store_is_data_under_the_working_directory() {
     let s = common::parse_samples(&resp.body, "loadimpact_");
     assert_value(&s, &run.started_total(), 1.0);
 }
+
+/// Runs the binary with `args` and a free listen address, expecting it to exit
+/// on its own within 10 s; its exit status and what it wrote.
+fn run_to_exit(args: &[&str]) -> (std::process::ExitStatus, String) {
+    use std::process::{Command, Stdio};
+    let dir = tempfile::tempdir().expect("temp dir");
+    let log = dir.path().join("out.log");
+    let out = || Stdio::from(std::fs::File::create(&log).expect("log file"));
+    let mut child = Command::new(common::exporter_bin())
+        .arg(format!(
+            "--web.listen-address=127.0.0.1:{}",
+            common::free_port()
+        ))
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(out())
+        .stderr(out())
+        .spawn()
+        .expect("spawn");
+    let status = common::wait_for(
+        &format!("the exporter to exit with {args:?}"),
+        Duration::from_secs(10),
+        || child.try_wait().expect("try_wait"),
+    );
+    (status, std::fs::read_to_string(&log).unwrap_or_default())
+}
+
+#[test]
+fn a_store_that_cannot_be_opened_stops_the_start_with_an_error() {
+    let exporter = Exporter::start(&[]);
+    let run = Run::new(1, 1, 1, 1);
+    post_expect(&exporter, &run.started(), "accepted");
+
+    // A second process on the same store must not share it.
+    let store = exporter.storage.display().to_string();
+    let (status, output) = run_to_exit(&[&format!("--storage.path={store}")]);
+    assert!(!status.success(), "a second exporter ran on the same store");
+    assert!(!output.trim().is_empty(), "no word on why it stopped");
+    // The first one is unharmed.
+    post_expect(&exporter, &Run::new(1, 1, 1, 2).started(), "accepted");
+    assert_value(&exporter.samples(), &run.started_total(), 2.0);
+
+    let dir = tempfile::tempdir().expect("temp dir");
+    let file = dir.path().join("a-file");
+    std::fs::write(&file, b"not a directory").expect("write");
+    let (status, output) = run_to_exit(&[&format!("--storage.path={}/data", file.display())]);
+    assert!(!status.success(), "started with a store under a file");
+    assert!(!output.trim().is_empty(), "no word on why it stopped");
+
+    let (status, _) = run_to_exit(&["--run.max-duration=banana"]);
+    assert!(!status.success(), "started with an invalid duration");
+}

@@ -596,6 +596,8 @@ fn windows_and_ttls_let_series_and_ids_go() {
     post_expect(&exporter, &run.finished(6, None), "accepted");
     let hook = json!({"event": "test.notification_channel"});
     post_id_expect(&exporter, &hook, "hook-id", "accepted");
+    let running = Run::new(4, 4, 5, 5);
+    post_id_expect(&exporter, &running.started(), "running-start", "accepted");
     let s = exporter.samples();
     assert_value(&s, &run.abort_ratio(), 1.0);
     assert_value(&s, &run.info(), 1.0);
@@ -621,6 +623,13 @@ fn windows_and_ttls_let_series_and_ids_go() {
         assert_eq!(resp.status, 200, "{}", resp.body);
         (resp.json() == json!({"result": "accepted"})).then_some(())
     });
+    // A run still running is remembered whatever --dedup.ttl says: its start,
+    // under the old id or a new one, is still a duplicate.
+    post_id_expect(&exporter, &running.started(), "running-start", "duplicate");
+    post_expect(&exporter, &running.started(), "duplicate");
+    let s = exporter.samples();
+    assert_value(&s, &running.started_total(), 2.0);
+    assert_value(&s, &running.running(), 1.0);
 }
 
 // ---------------------------------------------------------------------------
@@ -745,6 +754,31 @@ fn bad_inputs(running: &Run, new: &Run) -> Vec<Bad> {
     ] {
         cases.push(Bad::raw(what, json_headers.clone(), body, 400));
     }
+    let mut invalid_utf8 = serde_json::to_vec(&start).expect("json");
+    let at = invalid_utf8.len() - 1;
+    invalid_utf8.splice(at..at, *b",\"x\":\"\xff\xfe\"");
+    cases.push(Bad::raw(
+        "invalid UTF-8",
+        json_headers.clone(),
+        &invalid_utf8,
+        400,
+    ));
+    let deep = "[".repeat(20_000) + &"]".repeat(20_000);
+    cases.push(Bad::raw(
+        "20000 nested arrays",
+        json_headers.clone(),
+        deep.as_bytes(),
+        400,
+    ));
+    let mut deep_field = serde_json::to_vec(&start).expect("json");
+    deep_field.pop();
+    deep_field.extend(format!(",\"extra\":{deep}}}").bytes());
+    cases.push(Bad::raw(
+        "20000 nested arrays in an extra field",
+        json_headers.clone(),
+        &deep_field,
+        400,
+    ));
 
     // The event itself.
     let mut no_event = start.clone();
