@@ -1194,7 +1194,10 @@ fn all_yaml_passes_yamllint() {
             .any(|l| l.contains("target/") || l.contains(".venv-tools/")),
         "yamllint must skip target/ and .venv-tools/"
     );
-    run_ok(&yamllint, &["--strict", "-c", ".yamllint", "-f", "parsable", "."]);
+    run_ok(
+        &yamllint,
+        &["--strict", "-c", ".yamllint", "-f", "parsable", "."],
+    );
 }
 
 // ---------------------------------------------------------------------------
