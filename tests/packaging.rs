@@ -1122,6 +1122,39 @@ fn the_compose_stack_is_valid_and_complete() {
         json!([format!("{EXPORTER}:{EXPORTER_PORT}")])
     );
 
+    // Every host the stack's configurations name is one of its services.
+    let hosts: Vec<String> = [
+        "deploy/prometheus/prometheus.yml",
+        "deploy/compose/grafana/provisioning/datasources/datasources.yml",
+    ]
+    .iter()
+    .map(|f| read(f))
+    .chain(std::iter::once(
+        exporter["environment"]["OTEL_EXPORTER_OTLP_ENDPOINT"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned(),
+    ))
+    .flat_map(|text| {
+        text.lines()
+            .filter(|l| !l.trim_start().starts_with('#'))
+            .flat_map(|l| l.split([' ', '"', '\'', '[', ']']))
+            .filter_map(|word| {
+                let word = word.trim_start_matches("http://");
+                let (host, port) = word.split_once(':')?;
+                port.parse::<u16>().ok().map(|_| host.to_owned())
+            })
+            .collect::<Vec<_>>()
+    })
+    .collect();
+    assert!(hosts.len() >= 6, "found the hosts: {hosts:?}");
+    for host in &hosts {
+        assert!(
+            host == "localhost" || names.contains(host.as_str()),
+            "{host} is not a service of docker-compose.yml"
+        );
+    }
+
     // The Grafana provisioning: the data sources the stack needs, and the
     // dashboards directory the compose file mounts.
     let datasources = parse_yaml(
