@@ -483,3 +483,122 @@ fn a_store_that_cannot_be_opened_stops_the_start_with_an_error() {
     let (status, _) = run_to_exit(&["--run.max-duration=banana"]);
     assert!(!status.success(), "started with an invalid duration");
 }
+
+/// The pids of `pid`'s children.
+fn children_of(pid: u32) -> Vec<u32> {
+    let path = format!("/proc/{pid}/task/{pid}/children");
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .split_whitespace()
+        .filter_map(|p| p.parse().ok())
+        .collect()
+}
+
+/// "A 200 is only sent after fsync": the exporter runs under `strace`, and each
+/// `{"result":"accepted"}` answer must come after an fsync or fdatasync of a
+/// file under `--storage.path` that completed after its request was read (the
+/// requests are sent one at a time).
+#[test]
+fn every_acknowledgement_follows_a_completed_fsync() {
+    use std::process::{Command, Stdio};
+    let strace = common::require_tool("strace");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let trace = dir.path().join("trace.txt");
+    let port = common::free_port();
+    let mut tracer = Command::new(strace)
+        .args(["-f", "-qq", "-s", "256", "-o"])
+        .arg(&trace)
+        .arg("-e")
+        .arg("trace=openat,fsync,fdatasync,read,readv,recvfrom,recvmsg,write,writev,sendto,sendmsg")
+        .arg("--")
+        .arg(common::exporter_bin())
+        .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+        .arg(format!(
+            "--storage.path={}",
+            dir.path().join("data").display()
+        ))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn strace");
+    let base = format!("http://127.0.0.1:{port}");
+    common::wait_for(
+        "the traced exporter to be ready",
+        Duration::from_secs(30),
+        || {
+            if let Ok(Some(status)) = tracer.try_wait() {
+                panic!("strace exited during start-up: {status}");
+            }
+            common::try_request("GET", &format!("{base}/-/ready"), &[], None)
+                .is_some_and(|r| r.status == 200)
+                .then_some(())
+        },
+    );
+    const RUNS: u64 = 5;
+    for id in 0..RUNS {
+        let run = Run::new(1, 1, 1, id);
+        for body in [run.started(), run.finished(3, None)] {
+            let resp = post_to(&format!("{base}/webhook"), &body);
+            expect_result(resp.status, &resp.body, "accepted", &body);
+        }
+    }
+    let exporter = children_of(tracer.id());
+    assert_eq!(exporter.len(), 1, "strace's child: {exporter:?}");
+    let sent = Command::new("kill")
+        .args(["-TERM", &exporter[0].to_string()])
+        .status()
+        .expect("kill");
+    assert!(sent.success());
+    let status = common::wait_for("strace to exit", Duration::from_secs(20), || {
+        tracer.try_wait().expect("try_wait")
+    });
+    assert!(status.success(), "exporter under strace: {status}");
+
+    let text = std::fs::read_to_string(&trace).expect("read the trace");
+    let store = dir.path().join("data").display().to_string();
+    let (mut request_read, mut synced, mut acknowledged) = (false, false, 0);
+    let mut store_fds = std::collections::BTreeSet::new();
+    let mut syncing = std::collections::BTreeMap::new(); // pid -> fd, while unfinished
+    for line in text.lines() {
+        let (pid, call) = line.split_once(' ').unwrap_or(("", line));
+        let call = call.trim_start();
+        let sync = ["fsync(", "fdatasync("]
+            .iter()
+            .find_map(|name| call.strip_prefix(name))
+            .map(|rest| {
+                rest.split(|c: char| !c.is_ascii_digit())
+                    .next()
+                    .unwrap_or("")
+            });
+        if call.starts_with("openat(") && call.contains(&format!("\"{store}/")) {
+            if let Some((_, fd)) = call.rsplit_once("= ") {
+                store_fds.insert(fd.trim().to_owned());
+            }
+        } else if call.contains("POST /webhook ") {
+            (request_read, synced) = (true, false);
+        } else if let Some(fd) = sync {
+            if call.ends_with("<unfinished ...>") {
+                syncing.insert(pid.to_owned(), fd.to_owned());
+            } else if call.ends_with("= 0") && store_fds.contains(fd) {
+                synced |= request_read;
+            }
+        } else if call.starts_with("<... fsync resumed>")
+            || call.starts_with("<... fdatasync resumed>")
+        {
+            let fd = syncing.remove(pid).unwrap_or_default();
+            if call.ends_with("= 0") && store_fds.contains(&fd) {
+                synced |= request_read;
+            }
+        } else if call.contains("HTTP/1.1 200") && call.contains("accepted") {
+            assert!(
+                request_read && synced,
+                "a 200 without a completed fsync of the store since its request was read: {line}"
+            );
+            (request_read, synced) = (false, false);
+            acknowledged += 1;
+        }
+    }
+    assert!(!store_fds.is_empty(), "no file opened under {store}");
+    assert_eq!(acknowledged, 2 * RUNS, "answers found in the trace");
+}
