@@ -19,6 +19,9 @@ use prometheus::{Encoder, Registry, TextEncoder};
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 pub const REVISION: &str = env!("LOADIMPACT_EXPORTER_REVISION");
 
+/// The status codes the webhook path answers with, always exported.
+const EXPECTED_CODES: [u16; 7] = [200, 400, 405, 413, 415, 422, 503];
+
 /// Renders the full exposition: the state's families, then `registry`'s.
 pub fn render(state: &State, machine: &Machine, now: Millis, registry: &Registry) -> String {
     let mut families = families(state, machine, now);
@@ -144,9 +147,10 @@ pub fn families(state: &State, machine: &Machine, now: Millis) -> Vec<MetricFami
     );
     for (key, value) in &state.counters {
         match key {
-            CounterKey::Requests { code } => {
+            CounterKey::Requests { code } if !EXPECTED_CODES.contains(code) => {
                 requests.counter(&[("code", code.to_string())], *value)
             }
+            CounterKey::Requests { .. } => {}
             CounterKey::Events { event, result } => events.counter(
                 &[("event", event.clone()), ("result", result.as_str().into())],
                 *value,
@@ -158,6 +162,15 @@ pub fn families(state: &State, machine: &Machine, now: Millis) -> Vec<MetricFami
             | CounterKey::SpanExportFailures
             | CounterKey::SpansDropped => {}
         }
+    }
+
+    // The codes the webhook answers, 0 until used, so that rate() sees the
+    // first rejection of each.
+    for code in EXPECTED_CODES {
+        requests.counter(
+            &[("code", code.to_string())],
+            state.counter(&CounterKey::Requests { code }),
+        );
     }
 
     // Every outcome of every known project, 0 until used, so that increase()
