@@ -1004,14 +1004,13 @@ fn an_oversized_chunked_body_is_rejected_too() {
 // ---------------------------------------------------------------------------
 // concurrency and extremes
 
-/// Posts `copies` copies of `body` at once (each with its own id, or all with
-/// `id`); the answers' results, sorted.
-fn post_at_once(url: &str, body: &Value, copies: usize, id: Option<&str>) -> Vec<String> {
-    let barrier = std::sync::Arc::new(std::sync::Barrier::new(copies));
-    let threads: Vec<_> = (0..copies)
-        .map(|_| {
-            let (url, body, barrier) = (url.to_owned(), body.clone(), barrier.clone());
-            let id = id.map_or_else(fresh_id, str::to_owned);
+/// Posts every (body, id) at once, one thread each; the answers' results, sorted.
+fn post_at_once(url: &str, deliveries: Vec<(Value, String)>) -> Vec<String> {
+    let barrier = std::sync::Arc::new(std::sync::Barrier::new(deliveries.len()));
+    let threads: Vec<_> = deliveries
+        .into_iter()
+        .map(|(body, id)| {
+            let (url, barrier) = (url.to_owned(), barrier.clone());
             std::thread::spawn(move || {
                 let payload = serde_json::to_vec(&body).expect("json");
                 let headers = li_headers(body["event"].as_str().expect("event"), &id);
@@ -1030,6 +1029,13 @@ fn post_at_once(url: &str, body: &Value, copies: usize, id: Option<&str>) -> Vec
     results
 }
 
+/// `copies` copies of `body`, each with its own id, or all with `id`.
+fn copies(body: &Value, copies: usize, id: Option<&str>) -> Vec<(Value, String)> {
+    (0..copies)
+        .map(|_| (body.clone(), id.map_or_else(fresh_id, str::to_owned)))
+        .collect()
+}
+
 #[test]
 fn concurrent_copies_of_a_delivery_count_once() {
     let exporter = Exporter::start(&[]);
@@ -1041,16 +1047,16 @@ fn concurrent_copies_of_a_delivery_count_once() {
     };
     let run = Run::new(2, 2, 2, 1);
     once(
-        post_at_once(&url, &run.started(), 8, None),
+        post_at_once(&url, copies(&run.started(), 8, None)),
         "8 starts, 8 ids",
     );
     once(
-        post_at_once(&url, &run.finished(4, None), 8, None),
+        post_at_once(&url, copies(&run.finished(4, None), 8, None)),
         "8 finishes, 8 ids",
     );
     let other = Run::new(2, 2, 2, 2);
     once(
-        post_at_once(&url, &other.started(), 8, Some("same-id")),
+        post_at_once(&url, copies(&other.started(), 8, Some("same-id"))),
         "8 starts, one id",
     );
 
@@ -1110,4 +1116,24 @@ fn ids_are_kept_exactly_from_zero_to_u64_max() {
         assert_eq!(entry["project_id"], json!(run.project));
         assert_eq!(entry["load_test_id"], json!(run.load_test));
     }
+}
+
+#[test]
+fn concurrent_deliveries_share_commits() {
+    let exporter = Exporter::start(&[]);
+    let url = exporter.url("/webhook");
+    let commits = "loadimpact_exporter_store_commits_total";
+    let before = exporter.samples();
+    // 64 different runs at once.
+    let deliveries = (0..64)
+        .map(|i| (Run::new(1, 1, 1, i).started(), fresh_id()))
+        .collect();
+    assert_eq!(post_at_once(&url, deliveries), vec!["accepted"; 64]);
+    let after = exporter.samples();
+    assert_value(&after, &Run::new(1, 1, 1, 0).started_total(), 64.0);
+    let made = delta(&before, &after, commits);
+    assert!(
+        (1.0..64.0).contains(&made),
+        "64 concurrent deliveries took {made} commits: no group commit"
+    );
 }
