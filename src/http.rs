@@ -68,8 +68,15 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Response<Body> {
     if path == app.webhook_path {
         return webhook(&app, req).await;
     }
-    let method = req.method().clone();
-    if method != Method::GET && method != Method::HEAD {
+    let known = path == app.telemetry_path
+        || matches!(
+            path.as_str(),
+            "/" | "/-/healthy" | "/-/ready" | "/api/v1/runs"
+        );
+    if !known {
+        return error_response(StatusCode::NOT_FOUND, "not found", None);
+    }
+    if req.method() != Method::GET && req.method() != Method::HEAD {
         let mut resp = error_response(StatusCode::METHOD_NOT_ALLOWED, "use GET", None);
         resp.headers_mut()
             .insert(ALLOW, HeaderValue::from_static("GET, HEAD"));

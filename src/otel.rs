@@ -66,14 +66,10 @@ pub struct OtlpArgs {
     )]
     pub protocol: Option<OtlpProtocol>,
 
-    /// Header sent with every export, `key=value`; repeatable (also
-    /// OTEL_EXPORTER_OTLP_HEADERS).
-    #[arg(
-        long = "otlp.header",
-        env = "LOADIMPACT_EXPORTER_OTLP_HEADERS",
-        value_delimiter = ',',
-        value_parser = parse_header
-    )]
+    /// Header sent with every export, `key=value` (the value may hold commas
+    /// and `=`); repeat the flag for several. OTEL_EXPORTER_OTLP_HEADERS also
+    /// applies.
+    #[arg(long = "otlp.header", value_parser = parse_header)]
     pub headers: Vec<(String, String)>,
 
     /// Timeout of one export request.
@@ -255,8 +251,13 @@ fn time(at: Millis) -> SystemTime {
     UNIX_EPOCH + Duration::from_millis(u64::try_from(at).unwrap_or(0))
 }
 
-fn int(value: u64) -> i64 {
-    i64::try_from(value).unwrap_or(i64::MAX)
+/// An id as an int attribute, or as a decimal string past i64::MAX (so no
+/// two ids ever share a value).
+fn int(value: u64) -> opentelemetry::Value {
+    match i64::try_from(value) {
+        Ok(v) => opentelemetry::Value::I64(v),
+        Err(_) => opentelemetry::Value::from(value.to_string()),
+    }
 }
 
 /// The OpenTelemetry test conventions' `test.suite.run.status`.
@@ -390,7 +391,13 @@ pub async fn export_loop(
             continue;
         }
         let spans = batch.iter().map(|(id, r)| span_data(*id, r)).collect();
-        match exporter.export(spans).await {
+        // A shutdown does not wait for a slow collector: the batch stays in
+        // the outbox and goes again after the restart, with the same ids.
+        let result = tokio::select! {
+            result = exporter.export(spans) => result,
+            _ = stop.changed() => break,
+        };
+        match result {
             Ok(()) => {
                 backoff = INITIAL_BACKOFF;
                 let run_ids: Vec<u64> = batch.iter().map(|(id, _)| *id).collect();
@@ -534,6 +541,13 @@ mod tests {
         assert_eq!(suite_status(&finished(Outcome::AbortedByLimit)), "aborted");
         assert_eq!(suite_status(&finished(Outcome::Unknown)), "failure");
         assert_eq!(suite_status(&SpanEnd::Expired), "timed_out");
+    }
+
+    #[test]
+    fn ids_past_i64_stay_distinct_attributes() {
+        assert_eq!(int(7), Value::I64(7));
+        assert_eq!(int(u64::MAX), Value::from(u64::MAX.to_string()));
+        assert_ne!(int(u64::MAX), int(u64::MAX - 1));
     }
 
     #[test]
