@@ -278,6 +278,33 @@ fn landing_page_health_readiness_and_runs_api() {
     let unstarted = api_run(&runs, "recent", 12).expect("c");
     assert_eq!(unstarted["outcome"], json!("aborted_by_user"));
     assert_eq!(unstarted["duration_seconds"], Value::Null);
+
+    // Many more finish: "recent" holds the most recent ones, whatever its size.
+    for id in 100..250 {
+        post_expect(
+            &exporter,
+            &Run::new(1, 2, 3, id).finished(3, None),
+            "accepted",
+        );
+    }
+    let runs = runs_api(&exporter);
+    let recent: Vec<u64> = runs["recent"]
+        .as_array()
+        .expect("recent")
+        .iter()
+        .map(|r| r["load_test_run_id"].as_u64().expect("id"))
+        .collect();
+    assert!(!recent.is_empty() && recent.len() <= 152);
+    let newest: Vec<u64> = (100..250).rev().take(recent.len()).collect();
+    let mut sorted = recent.clone();
+    sorted.sort_unstable_by(|a, b| b.cmp(a));
+    assert_eq!(
+        sorted, newest,
+        "recent is not the most recent finished runs"
+    );
+    let running = runs["running"].as_array().expect("running");
+    assert_eq!(running.len(), 1, "{runs}");
+    assert_eq!(running[0]["load_test_run_id"], json!(11));
 }
 
 #[test]

@@ -398,6 +398,11 @@ fn optional_fields_may_be_missing_or_null_and_headers_are_lenient() {
         "a Test Hook carrying run fields",
     );
 
+    // A query string (a token in the URL set in Load Impact) is still the webhook.
+    let query = Run::new(3, 4, 5, 300);
+    let resp = post_to(&format!("{url}?token=s3cr%C3%A9t&x=1"), &query.started());
+    expect_result(resp.status, &resp.body, "accepted", &query.started());
+
     // Without an id, a repeat is still recognised by (run, event).
     let run = Run::new(3, 4, 5, 100);
     let resp = send(
@@ -409,11 +414,11 @@ fn optional_fields_may_be_missing_or_null_and_headers_are_lenient() {
     expect_result(resp.status, &resp.body, "duplicate", &run.finished(4, None));
 
     let s = exporter.samples();
-    assert_value(&s, &run.started_total(), 7.0);
+    assert_value(&s, &run.started_total(), 8.0);
     assert_value(&s, &run.finished_total("finished"), 2.0);
     assert_value(&s, &run.finished_total("timed_out"), 5.0);
-    assert_value(&s, &run.running(), 0.0);
-    assert_value(&s, &requests_total(200), 16.0);
+    assert_value(&s, &run.running(), 1.0);
+    assert_value(&s, &requests_total(200), 17.0);
 }
 
 // ---------------------------------------------------------------------------
