@@ -602,3 +602,128 @@ fn every_acknowledgement_follows_a_completed_fsync() {
     assert!(!store_fds.is_empty(), "no file opened under {store}");
     assert_eq!(acknowledged, 2 * RUNS, "answers found in the trace");
 }
+
+/// Whether every thread of `pid` is traced by `tracer` (or, with 0, by nobody).
+fn traced_by(pid: u32, tracer: u32) -> bool {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return false;
+    };
+    tasks.filter_map(Result::ok).all(|task| {
+        std::fs::read_to_string(task.path().join("status"))
+            .unwrap_or_default()
+            .lines()
+            .any(|l| {
+                l.split_whitespace().collect::<Vec<_>>() == ["TracerPid:", &tracer.to_string()]
+            })
+    })
+}
+
+/// Whether process `pid` has exited (a zombie not yet reaped counts).
+fn has_exited(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|stat| {
+            stat.rsplit_once(") ")
+                .is_some_and(|(_, rest)| rest.starts_with('Z'))
+        })
+        .unwrap_or(true)
+}
+
+/// One fsync of the store fails (strace attached to the running exporter
+/// injects EIO once, then detaches). That delivery gets 503 and "the sender
+/// retries": a retry must succeed within seconds, either because the exporter
+/// recovered in place or because it exited and its supervisor restarted it. It
+/// must not keep answering 503 while it lives. Whatever got a 200 survives a
+/// `kill -9`.
+#[test]
+fn a_transient_fsync_failure_is_answered_503_and_then_recovered() {
+    use std::process::{Command, Stdio};
+    let strace = common::require_tool("strace");
+    let mut exporter = Exporter::start(&[]);
+    let run = |id| Run::new(1, 1, 1, id);
+    post_id_expect(&exporter, &run(1).started(), "id-1", "accepted");
+
+    let pid = exporter.pid();
+    let mut tracer = Command::new(strace)
+        .args(["-f", "-qq", "-o", "/dev/null", "-p", &pid.to_string()])
+        .args(["-e", "trace=fsync,fdatasync"])
+        .args(["-e", "inject=fsync,fdatasync:error=EIO:when=1"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn strace");
+    common::wait_for("strace to attach", Duration::from_secs(10), || {
+        traced_by(pid, tracer.id()).then_some(())
+    });
+    let failing = run(2).started();
+    let resp = exporter.post_event(&failing, "id-2");
+    assert_eq!(
+        resp.status, 503,
+        "the delivery whose fsync failed: {}",
+        resp.body
+    );
+    assert_eq!(resp.json()["result"], json!("rejected"), "{}", resp.body);
+    let sent = Command::new("kill")
+        .args(["-TERM", &tracer.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(sent.success());
+    tracer.wait().expect("strace exits");
+    common::wait_for("strace to detach", Duration::from_secs(10), || {
+        (has_exited(pid) || traced_by(pid, 0)).then_some(())
+    });
+
+    // Load Impact retries the same delivery.
+    let mut refused = 1;
+    let retried = common::wait_for(
+        "a retry of the 503'd delivery to get 200, or the exporter to exit \
+         (it kept answering 503 while alive)",
+        Duration::from_secs(10),
+        || {
+            if has_exited(pid) {
+                return Some(None);
+            }
+            match common::try_request(
+                "POST",
+                &exporter.url("/webhook"),
+                &[
+                    ("Content-Type", "application/json"),
+                    ("X-LoadImpact-ID", "id-2"),
+                ],
+                Some(&serde_json::to_vec(&failing).expect("json")),
+            ) {
+                Some(r) if r.status == 200 => Some(Some(r)),
+                Some(r) if r.status == 503 => {
+                    refused += 1;
+                    None
+                }
+                Some(r) => panic!("a retry got {} {}", r.status, r.body),
+                None => Some(None),
+            }
+        },
+    );
+    match retried {
+        Some(resp) => {
+            // Recovered in place: still counting every request.
+            let result = resp.json()["result"].clone();
+            assert!(
+                result == json!("accepted") || result == json!("duplicate"),
+                "{result}"
+            );
+            assert_value(&exporter.samples(), &requests_total(503), refused as f64);
+        }
+        None => {
+            // Exited: the supervisor starts it again, and the retry succeeds.
+            exporter.kill9();
+            exporter.restart();
+            let resp = exporter.post_event(&failing, "id-2");
+            assert_eq!(resp.status, 200, "retry after the restart: {}", resp.body);
+        }
+    }
+    post_id_expect(&exporter, &run(3).started(), "id-3", "accepted");
+    exporter.kill9();
+    exporter.restart();
+    let s = exporter.samples();
+    assert_value(&s, &run(1).started_total(), 3.0);
+    assert_value(&s, &run(1).running(), 3.0);
+}
