@@ -358,6 +358,24 @@ fn paths_and_body_limit_are_configurable_by_flag_and_environment() {
     assert!(!s.contains_key(&requests_total(404)));
 }
 
+/// `--log.level=error` (set by environment) keeps accepted events out of the log.
+fn quiet_at_error_level() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let log = dir.path().join("exporter.log");
+    let exporter = Spawned::start_with_env(
+        dir.path(),
+        &[],
+        &[("LOADIMPACT_EXPORTER_LOG_LEVEL", "error")],
+        Some(&log),
+    );
+    let body = Run::new(1, 2, 3, 4711).started();
+    let resp = post_to(&exporter.url("/webhook"), &body);
+    expect_result(resp.status, &resp.body, "accepted", &body);
+    assert!(exporter.terminate().success());
+    let text = std::fs::read_to_string(&log).expect("read the log");
+    assert!(!text.contains("4711"), "logged at error level: {text}");
+}
+
 /// Whether `value`, or anything inside it, is `needle` (as a number or a string).
 fn json_mentions(value: &Value, needle: &str) -> bool {
     match value {
@@ -414,6 +432,7 @@ fn one_structured_log_line_per_accepted_event_in_both_formats() {
             "{format}: one line per accepted event with its run id, event and outcome:\n{text}"
         );
         if format == "json" {
+            quiet_at_error_level();
             for line in &lines {
                 assert!(
                     serde_json::from_str::<Value>(line).is_ok_and(|v| v.is_object()),

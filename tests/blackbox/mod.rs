@@ -400,6 +400,15 @@ impl Spawned {
     /// Starts the binary in `cwd` with `args` (plus a free listen address) and
     /// waits for `/-/ready`. stdout and stderr go to `log` when given.
     pub fn start(cwd: &std::path::Path, args: &[&str], log: Option<&std::path::Path>) -> Spawned {
+        Self::start_with_env(cwd, args, &[], log)
+    }
+
+    pub fn start_with_env(
+        cwd: &std::path::Path,
+        args: &[&str],
+        envs: &[(&str, &str)],
+        log: Option<&std::path::Path>,
+    ) -> Spawned {
         use std::process::{Command, Stdio};
         let port = common::free_port();
         let output = |log: Option<&std::path::Path>| match log {
@@ -416,6 +425,7 @@ impl Spawned {
             .arg(format!("--web.listen-address=127.0.0.1:{port}"))
             .args(args)
             .current_dir(cwd)
+            .envs(envs.iter().copied())
             .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
             .env_remove("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
             .stdin(Stdio::null())
@@ -441,12 +451,17 @@ impl Spawned {
     }
 
     /// SIGTERM and the exit status.
-    pub fn terminate(mut self) -> std::process::ExitStatus {
+    pub fn terminate(self) -> std::process::ExitStatus {
+        self.stop("TERM")
+    }
+
+    /// Sends `signal` (a name for `kill`, e.g. "INT") and waits for the exit status.
+    pub fn stop(mut self, signal: &str) -> std::process::ExitStatus {
         let sent = std::process::Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
+            .args([&format!("-{signal}"), &self.child.id().to_string()])
             .status()
             .expect("run kill");
-        assert!(sent.success(), "kill -TERM failed");
+        assert!(sent.success(), "kill -{signal} failed");
         common::wait_for("the exporter to exit", Duration::from_secs(20), || {
             self.child.try_wait().expect("try_wait")
         })
