@@ -360,8 +360,13 @@ fn sigterm_waits_for_a_request_in_progress_and_stops_accepting() {
     stream
         .write_all(&body[..10])
         .expect("send part of the body");
-    // Nothing outside shows that the exporter has read the head: give it a moment.
-    std::thread::sleep(Duration::from_millis(200));
+    // Wait until the exporter has accepted the connection and read what was sent.
+    let client_port = stream.local_addr().expect("local addr").port();
+    common::wait_for(
+        "the exporter to read the request head",
+        Duration::from_secs(10),
+        || server_has_read(exporter.port, client_port).then_some(()),
+    );
 
     let sender = std::thread::spawn(move || {
         std::thread::sleep(Duration::from_millis(800));
@@ -395,20 +400,20 @@ fn sigterm_waits_for_a_request_in_progress_and_stops_accepting() {
 
 #[test]
 fn a_run_expires_by_its_stored_start_time_after_downtime() {
-    let mut exporter = Exporter::start(&["--run.max-duration=2s"]);
+    let mut exporter = Exporter::start(&["--run.max-duration=3s"]);
     let run = Run::new(8, 8, 8, 8);
     post_expect(&exporter, &run.started(), "accepted");
     exporter.kill9();
     // Down for longer than --run.max-duration: nothing to poll meanwhile.
-    std::thread::sleep(Duration::from_millis(2500));
+    std::thread::sleep(Duration::from_millis(3500));
     exporter.restart();
     let restarted = std::time::Instant::now();
-    // Due already: it must not wait another --run.max-duration after the restart.
-    common::wait_for("the run to expire", Duration::from_millis(1500), || {
+    // Due already: it must not wait another --run.max-duration (3 s) after the restart.
+    common::wait_for("the run to expire", Duration::from_millis(2500), || {
         let s = exporter.samples();
         (sample(&s, &run.expired_total()) == 1.0 && sample(&s, &run.running()) == 0.0).then_some(())
     });
-    assert!(restarted.elapsed() < Duration::from_secs(2));
+    assert!(restarted.elapsed() < Duration::from_millis(2900));
     assert_value(&exporter.samples(), &run.started_total(), 1.0);
 }
 
@@ -727,4 +732,25 @@ fn a_transient_fsync_failure_is_answered_503_and_then_recovered() {
     let s = exporter.samples();
     assert_value(&s, &run(1).started_total(), 3.0);
     assert_value(&s, &run(1).running(), 3.0);
+}
+
+/// Whether the server side of the connection 127.0.0.1:`client_port` ->
+/// 127.0.0.1:`server_port` has been accepted (it has an inode) and its receive
+/// queue is empty (everything sent so far was read), from /proc/net/tcp.
+fn server_has_read(server_port: u16, client_port: u16) -> bool {
+    let table = std::fs::read_to_string("/proc/net/tcp").unwrap_or_default();
+    let (local, remote) = (
+        format!("0100007F:{server_port:04X}"),
+        format!("0100007F:{client_port:04X}"),
+    );
+    table.lines().skip(1).any(|line| {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        f.len() > 9
+            && f[1] == local
+            && f[2] == remote
+            && f[4]
+                .rsplit_once(':')
+                .is_some_and(|(_, rx)| u64::from_str_radix(rx, 16) == Ok(0))
+            && f[9] != "0"
+    })
 }
