@@ -637,9 +637,9 @@ fn has_exited(pid: u32) -> bool {
 /// One fsync of the store fails (strace attached to the running exporter
 /// injects EIO once, then detaches). That delivery gets 503 and "the sender
 /// retries": a retry must succeed within seconds, either because the exporter
-/// recovered in place or because it exited and its supervisor restarted it. It
-/// must not keep answering 503 while it lives. Whatever got a 200 survives a
-/// `kill -9`.
+/// recovered in place, or because it exited or declared itself unhealthy and
+/// its supervisor restarted it. It must not keep answering 503 while it lives
+/// and says it is healthy. Whatever got a 200 survives a `kill -9`.
 #[test]
 fn a_transient_fsync_failure_is_answered_503_and_then_recovered() {
     use std::process::{Command, Stdio};
@@ -682,11 +682,13 @@ fn a_transient_fsync_failure_is_answered_503_and_then_recovered() {
     // Load Impact retries the same delivery.
     let mut refused = 1;
     let retried = common::wait_for(
-        "a retry of the 503'd delivery to get 200, or the exporter to exit \
-         (it kept answering 503 while alive)",
+        "a retry of the 503'd delivery to get 200, or the exporter to exit or \
+         fail /-/healthy (it kept answering 503 while alive and healthy)",
         Duration::from_secs(10),
         || {
-            if has_exited(pid) {
+            let healthy = common::try_request("GET", &exporter.url("/-/healthy"), &[], None)
+                .is_some_and(|r| r.status == 200);
+            if has_exited(pid) || !healthy {
                 return Some(None);
             }
             match common::try_request(
@@ -719,7 +721,7 @@ fn a_transient_fsync_failure_is_answered_503_and_then_recovered() {
             assert_value(&exporter.samples(), &requests_total(503), refused as f64);
         }
         None => {
-            // Exited: the supervisor starts it again, and the retry succeeds.
+            // Exited or unhealthy: the supervisor starts it again, and the retry succeeds.
             exporter.kill9();
             exporter.restart();
             let resp = exporter.post_event(&failing, "id-2");
