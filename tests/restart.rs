@@ -490,6 +490,22 @@ fn a_store_that_cannot_be_opened_stops_the_start_with_an_error() {
     assert!(!status.success(), "started with an invalid duration");
 }
 
+/// A running strace; on drop, what it runs is killed first (a tracer killed
+/// alone would leave its tracee running), then strace itself.
+struct Tracer(std::process::Child);
+
+impl Drop for Tracer {
+    fn drop(&mut self) {
+        for child in children_of(self.0.id()) {
+            let _ = std::process::Command::new("kill")
+                .args(["-KILL", &child.to_string()])
+                .status();
+        }
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// The pids of `pid`'s children.
 fn children_of(pid: u32) -> Vec<u32> {
     let path = format!("/proc/{pid}/task/{pid}/children");
@@ -511,7 +527,7 @@ fn every_acknowledgement_follows_a_completed_fsync() {
     let dir = tempfile::tempdir().expect("temp dir");
     let trace = dir.path().join("trace.txt");
     let port = common::free_port();
-    let mut tracer = Command::new(strace)
+    let tracer = Command::new(strace)
         .args(["-f", "-qq", "-s", "256", "-o"])
         .arg(&trace)
         .arg("-e")
@@ -528,12 +544,13 @@ fn every_acknowledgement_follows_a_completed_fsync() {
         .stderr(Stdio::null())
         .spawn()
         .expect("spawn strace");
+    let mut tracer = Tracer(tracer);
     let base = format!("http://127.0.0.1:{port}");
     common::wait_for(
         "the traced exporter to be ready",
         Duration::from_secs(30),
         || {
-            if let Ok(Some(status)) = tracer.try_wait() {
+            if let Ok(Some(status)) = tracer.0.try_wait() {
                 panic!("strace exited during start-up: {status}");
             }
             common::try_request("GET", &format!("{base}/-/ready"), &[], None)
@@ -549,7 +566,7 @@ fn every_acknowledgement_follows_a_completed_fsync() {
             expect_result(resp.status, &resp.body, "accepted", &body);
         }
     }
-    let exporter = children_of(tracer.id());
+    let exporter = children_of(tracer.0.id());
     assert_eq!(exporter.len(), 1, "strace's child: {exporter:?}");
     let sent = Command::new("kill")
         .args(["-TERM", &exporter[0].to_string()])
@@ -557,7 +574,7 @@ fn every_acknowledgement_follows_a_completed_fsync() {
         .expect("kill");
     assert!(sent.success());
     let status = common::wait_for("strace to exit", Duration::from_secs(20), || {
-        tracer.try_wait().expect("try_wait")
+        tracer.0.try_wait().expect("try_wait")
     });
     assert!(status.success(), "exporter under strace: {status}");
 
@@ -649,7 +666,7 @@ fn a_transient_fsync_failure_is_answered_503_and_then_recovered() {
     post_id_expect(&exporter, &run(1).started(), "id-1", "accepted");
 
     let pid = exporter.pid();
-    let mut tracer = Command::new(strace)
+    let tracer = Command::new(strace)
         .args(["-f", "-qq", "-o", "/dev/null", "-p", &pid.to_string()])
         .args(["-e", "trace=fsync,fdatasync"])
         .args(["-e", "inject=fsync,fdatasync:error=EIO:when=1"])
@@ -658,8 +675,9 @@ fn a_transient_fsync_failure_is_answered_503_and_then_recovered() {
         .stderr(Stdio::null())
         .spawn()
         .expect("spawn strace");
+    let mut tracer = Tracer(tracer);
     common::wait_for("strace to attach", Duration::from_secs(10), || {
-        traced_by(pid, tracer.id()).then_some(())
+        traced_by(pid, tracer.0.id()).then_some(())
     });
     let failing = run(2).started();
     let resp = exporter.post_event(&failing, "id-2");
@@ -670,11 +688,11 @@ fn a_transient_fsync_failure_is_answered_503_and_then_recovered() {
     );
     assert_eq!(resp.json()["result"], json!("rejected"), "{}", resp.body);
     let sent = Command::new("kill")
-        .args(["-TERM", &tracer.id().to_string()])
+        .args(["-TERM", &tracer.0.id().to_string()])
         .status()
         .expect("kill");
     assert!(sent.success());
-    tracer.wait().expect("strace exits");
+    tracer.0.wait().expect("strace exits");
     common::wait_for("strace to detach", Duration::from_secs(10), || {
         (has_exited(pid) || traced_by(pid, 0)).then_some(())
     });
