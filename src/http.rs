@@ -94,7 +94,14 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Response<Body> {
                 body,
             )
         }
-        "/-/healthy" => respond(StatusCode::OK, "text/plain; charset=utf-8", "Healthy.\n"),
+        "/-/healthy" if app.shared.is_healthy() => {
+            respond(StatusCode::OK, "text/plain; charset=utf-8", "Healthy.\n")
+        }
+        "/-/healthy" => respond(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "text/plain; charset=utf-8",
+            "Unhealthy: the store failed and cannot be reopened.\n",
+        ),
         "/-/ready" => {
             if app.shared.is_ready() {
                 respond(StatusCode::OK, "text/plain; charset=utf-8", "Ready.\n")

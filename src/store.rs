@@ -37,6 +37,11 @@ pub trait Store: Send {
     /// Durably writes the entries named in `changes` as they are in `state`
     /// (deleting those no longer there). Returns only once durable.
     fn commit(&mut self, state: &State, changes: &Changes) -> Result<(), StoreError>;
+    /// After a failed commit: make the store usable again if it can be, and
+    /// return what is durably stored (the failed commit may or may not be in it).
+    fn recover(&mut self) -> Result<State, StoreError> {
+        self.load()
+    }
 }
 
 const RUNS: TableDefinition<u64, &[u8]> = TableDefinition::new("runs");
@@ -53,7 +58,8 @@ const SCHEMA_VERSION: &str = "1";
 
 /// The state in a redb database file, `loadimpact.redb` in the storage directory.
 pub struct RedbStore {
-    db: Database,
+    /// `None` after an I/O error closed it, until `recover` reopens it.
+    db: Option<Database>,
     path: PathBuf,
 }
 
@@ -63,44 +69,57 @@ impl RedbStore {
         std::fs::create_dir_all(dir)
             .map_err(|e| StoreError::Db(format!("cannot create {}: {e}", dir.display())))?;
         let path = dir.join("loadimpact.redb");
-        let db = Database::create(&path)
-            .map_err(|e| StoreError::Db(format!("cannot open {}: {e}", path.display())))?;
-        let txn = db.begin_write().map_err(db_err)?;
-        {
-            let mut meta = txn.open_table(META).map_err(db_err)?;
-            let version = meta
-                .get("schema_version")
-                .map_err(db_err)?
-                .map(|v| v.value().to_owned());
-            match version {
-                None => {
-                    meta.insert("schema_version", SCHEMA_VERSION)
-                        .map_err(db_err)?;
-                }
-                Some(v) if v == SCHEMA_VERSION => {}
-                Some(v) => {
-                    return Err(StoreError::Db(format!(
-                        "{} has schema version {v}; this build reads version {SCHEMA_VERSION}",
-                        path.display()
-                    )))
-                }
-            }
-            // Create every table so that reads never meet a missing one.
-            txn.open_table(RUNS).map_err(db_err)?;
-            txn.open_table(DEDUP).map_err(db_err)?;
-            txn.open_table(LOAD_TESTS).map_err(db_err)?;
-            txn.open_table(COUNTERS).map_err(db_err)?;
-            txn.open_table(HISTOGRAMS).map_err(db_err)?;
-            txn.open_table(LAST_EVENT).map_err(db_err)?;
-            txn.open_table(OUTBOX).map_err(db_err)?;
-        }
-        txn.commit().map_err(db_err)?;
-        Ok(RedbStore { db, path })
+        let db = open_db(&path)?;
+        Ok(RedbStore { db: Some(db), path })
     }
 
     pub fn path(&self) -> &Path {
         &self.path
     }
+
+    fn db(&self) -> Result<&Database, StoreError> {
+        self.db
+            .as_ref()
+            .ok_or_else(|| StoreError::Db(format!("{} is closed", self.path.display())))
+    }
+}
+
+/// Opens the database file and makes sure every table exists and the layout
+/// version is this build's.
+fn open_db(path: &Path) -> Result<Database, StoreError> {
+    let db = Database::create(path)
+        .map_err(|e| StoreError::Db(format!("cannot open {}: {e}", path.display())))?;
+    let txn = db.begin_write().map_err(db_err)?;
+    {
+        let mut meta = txn.open_table(META).map_err(db_err)?;
+        let version = meta
+            .get("schema_version")
+            .map_err(db_err)?
+            .map(|v| v.value().to_owned());
+        match version {
+            None => {
+                meta.insert("schema_version", SCHEMA_VERSION)
+                    .map_err(db_err)?;
+            }
+            Some(v) if v == SCHEMA_VERSION => {}
+            Some(v) => {
+                return Err(StoreError::Db(format!(
+                    "{} has schema version {v}; this build reads version {SCHEMA_VERSION}",
+                    path.display()
+                )));
+            }
+        }
+        // Create every table so that reads never meet a missing one.
+        txn.open_table(RUNS).map_err(db_err)?;
+        txn.open_table(DEDUP).map_err(db_err)?;
+        txn.open_table(LOAD_TESTS).map_err(db_err)?;
+        txn.open_table(COUNTERS).map_err(db_err)?;
+        txn.open_table(HISTOGRAMS).map_err(db_err)?;
+        txn.open_table(LAST_EVENT).map_err(db_err)?;
+        txn.open_table(OUTBOX).map_err(db_err)?;
+    }
+    txn.commit().map_err(db_err)?;
+    Ok(db)
 }
 
 fn to_json<T: serde::Serialize>(value: &T) -> Result<Vec<u8>, StoreError> {
@@ -140,8 +159,17 @@ fn key_json<T: serde::Serialize>(key: &T) -> Result<String, StoreError> {
 }
 
 impl Store for RedbStore {
+    /// redb refuses every write after an I/O error until the database is
+    /// reopened: close it, reopen it (redb repairs what it must) and read back
+    /// what is durable.
+    fn recover(&mut self) -> Result<State, StoreError> {
+        self.db = None;
+        self.db = Some(open_db(&self.path)?);
+        self.load()
+    }
+
     fn load(&self) -> Result<State, StoreError> {
-        let txn = self.db.begin_read().map_err(db_err)?;
+        let txn = self.db()?.begin_read().map_err(db_err)?;
         let mut s = State::default();
         each(&txn, RUNS, |k, v| {
             s.runs.insert(k, from_json("runs", v)?);
@@ -180,7 +208,7 @@ impl Store for RedbStore {
             return Ok(());
         }
         // Durability::Immediate is redb's default: commit() returns after fsync.
-        let txn = self.db.begin_write().map_err(db_err)?;
+        let txn = self.db()?.begin_write().map_err(db_err)?;
         {
             let mut runs = txn.open_table(RUNS).map_err(db_err)?;
             let mut dedup = txn.open_table(DEDUP).map_err(db_err)?;

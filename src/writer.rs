@@ -28,6 +28,8 @@ pub struct Shared {
     state: RwLock<State>,
     pub machine: Machine,
     ready: AtomicBool,
+    /// The store failed and could not be reopened: the process is not healthy.
+    store_failed: AtomicBool,
     /// Woken after a commit that put spans in the outbox.
     pub outbox_notify: Notify,
 }
@@ -38,6 +40,7 @@ impl Shared {
             state: RwLock::new(state),
             machine,
             ready: AtomicBool::new(false),
+            store_failed: AtomicBool::new(false),
             outbox_notify: Notify::new(),
         }
     }
@@ -53,6 +56,11 @@ impl Shared {
         self.state
             .write()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// False once the store failed and could not be reopened.
+    pub fn is_healthy(&self) -> bool {
+        !self.store_failed.load(Ordering::Acquire)
     }
 
     /// True while the writer is running and the store took its last commit.
@@ -175,6 +183,8 @@ fn run(
 ) {
     // Entries changed but not yet committed (counts of 503s after a failure).
     let mut carried = Changes::default();
+    // 503 answers not yet in the store; re-applied after every reload.
+    let mut unstored_503s: u64 = 0;
     while let Some(first) = rx.blocking_recv() {
         let mut group = vec![first];
         while group.len() < MAX_GROUP {
@@ -204,6 +214,7 @@ fn run(
         }
         match store.commit(&state, &changes) {
             Ok(()) => {
+                unstored_503s = 0;
                 let dropped = state
                     .counter(&CounterKey::SpansDropped)
                     .saturating_sub(dropped_before);
@@ -229,15 +240,28 @@ fn run(
             Err(e) => {
                 metrics.failures.inc();
                 tracing::error!(error = %e, inputs = replies.len(), "commit failed; answering 503 so the senders retry");
-                match store.load() {
-                    Ok(committed) => *state = committed,
-                    Err(load) => {
-                        tracing::error!(error = %load, "cannot reload the state after a failed commit; not ready");
-                        shared.ready.store(false, Ordering::Release);
+                let failed_now = replies.iter().filter(|(_, a)| a.is_some()).count() as u64;
+                unstored_503s += failed_now;
+                // The state must be what is durable again: reopen the store
+                // (redb refuses writes after an I/O error) and read it back.
+                let to_count = match store.recover() {
+                    Ok(durable) => {
+                        *state = durable;
+                        carried = Changes::default();
+                        shared.store_failed.store(false, Ordering::Release);
+                        shared.ready.store(true, Ordering::Release);
+                        tracing::info!("store reopened after the failed commit");
+                        unstored_503s
                     }
-                }
+                    Err(reopen) => {
+                        tracing::error!(error = %reopen, "cannot reopen the store; not ready, not healthy");
+                        shared.store_failed.store(true, Ordering::Release);
+                        shared.ready.store(false, Ordering::Release);
+                        failed_now
+                    }
+                };
                 // Count the 503s; they are written with the next commit.
-                for _ in replies.iter().filter(|(_, applied)| applied.is_some()) {
+                for _ in 0..to_count {
                     shared
                         .machine
                         .apply(&mut state, Input::Rejected { code: 503 }, &mut carried);

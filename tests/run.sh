@@ -7,7 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 need_apt=0
-for tool in prometheus promtool amtool prometheus-alertmanager prometheus-pushgateway wrk; do
+for tool in prometheus promtool amtool prometheus-alertmanager prometheus-pushgateway wrk strace; do
   command -v "$tool" >/dev/null 2>&1 || need_apt=1
 done
 if [ "$need_apt" = 1 ]; then
@@ -16,7 +16,7 @@ if [ "$need_apt" = 1 ]; then
   [ -x /usr/sbin/policy-rc.d ] || { printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d; chmod +x /usr/sbin/policy-rc.d; }
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
-    prometheus prometheus-alertmanager prometheus-pushgateway wrk >/dev/null
+    prometheus prometheus-alertmanager prometheus-pushgateway wrk strace >/dev/null
 fi
 
 venv=.venv-tools
