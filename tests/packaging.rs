@@ -711,6 +711,12 @@ fn services_ingress_and_network_policy_reach_the_exporter() {
             [(json!("/webhook"), json!("Exact"))],
             "{dir}: the Ingress exposes /webhook only"
         );
+        // Each delivery is held in memory for --dedup.ttl: a flood is slowed.
+        let annotations = &ingresses[0]["metadata"]["annotations"];
+        assert!(
+            annotations["nginx.ingress.kubernetes.io/limit-rps"].is_string(),
+            "{dir}: the Ingress rate-limits the webhook"
+        );
         assert!(
             ingresses[0]["spec"]["defaultBackend"].is_null(),
             "{dir}: no default backend"
