@@ -24,7 +24,7 @@ if [ ! -x "$venv/bin/kubernetes-validate" ] || [ ! -x "$venv/bin/yamllint" ] || 
   echo "==> installing Python tools into $venv" >&2
   python3 -m venv "$venv"
   "$venv/bin/pip" install -q --disable-pip-version-check \
-    kubernetes-validate yamllint check-jsonschema
+    kubernetes-validate==1.37.0 yamllint==1.38.0 check-jsonschema==0.39.0
 fi
 export PATH="$PWD/$venv/bin:$PATH"
 command -v kubectl >/dev/null 2>&1 || { echo "kubectl is required (kubectl kustomize) and is not on PATH" >&2; exit 1; }
