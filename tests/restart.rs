@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use blackbox::*;
 use common::{sample, Exporter};
-use serde_json::json;
+use serde_json::{json, Value};
 
 /// Puts state of every kind into the exporter: runs of every outcome in two
 /// projects, running runs, an out-of-order run, duplicates, the Test Hook and
@@ -651,43 +651,32 @@ fn has_exited(pid: u32) -> bool {
         .unwrap_or(true)
 }
 
-/// One fsync of the store fails (strace attached to the running exporter
-/// injects EIO once, then detaches). That delivery gets 503 and "the sender
-/// retries": a retry must succeed within seconds, either because the exporter
-/// recovered in place, or because it exited or declared itself unhealthy and
-/// its supervisor restarted it. It must not keep answering 503 while it lives
-/// and says it is healthy. Whatever got a 200 survives a `kill -9`.
-#[test]
-fn a_transient_fsync_failure_is_answered_503_and_then_recovered() {
+/// strace attached to the running exporter `pid`, failing its fsyncs with EIO:
+/// the invocations `when` of each thread (strace's syntax, e.g. "1"), or all.
+fn fail_fsyncs(pid: u32, when: Option<&str>) -> Tracer {
     use std::process::{Command, Stdio};
-    let strace = common::require_tool("strace");
-    let mut exporter = Exporter::start(&[]);
-    let run = |id| Run::new(1, 1, 1, id);
-    post_id_expect(&exporter, &run(1).started(), "id-1", "accepted");
-
-    let pid = exporter.pid();
-    let tracer = Command::new(strace)
+    let inject = match when {
+        Some(when) => format!("inject=fsync,fdatasync:error=EIO:when={when}"),
+        None => "inject=fsync,fdatasync:error=EIO".to_owned(),
+    };
+    let tracer = Command::new(common::require_tool("strace"))
         .args(["-f", "-qq", "-o", "/dev/null", "-p", &pid.to_string()])
-        .args(["-e", "trace=fsync,fdatasync"])
-        .args(["-e", "inject=fsync,fdatasync:error=EIO:when=1"])
+        .args(["-e", "trace=fsync,fdatasync", "-e", &inject])
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
         .expect("spawn strace");
-    let mut tracer = Tracer(tracer);
+    let tracer = Tracer(tracer);
     common::wait_for("strace to attach", Duration::from_secs(10), || {
         traced_by(pid, tracer.0.id()).then_some(())
     });
-    let failing = run(2).started();
-    let resp = exporter.post_event(&failing, "id-2");
-    assert_eq!(
-        resp.status, 503,
-        "the delivery whose fsync failed: {}",
-        resp.body
-    );
-    assert_eq!(resp.json()["result"], json!("rejected"), "{}", resp.body);
-    let sent = Command::new("kill")
+    tracer
+}
+
+/// Detaches strace from `pid`: the disk is healthy again.
+fn detach(mut tracer: Tracer, pid: u32) {
+    let sent = std::process::Command::new("kill")
         .args(["-TERM", &tracer.0.id().to_string()])
         .status()
         .expect("kill");
@@ -696,41 +685,71 @@ fn a_transient_fsync_failure_is_answered_503_and_then_recovered() {
     common::wait_for("strace to detach", Duration::from_secs(10), || {
         (has_exited(pid) || traced_by(pid, 0)).then_some(())
     });
+}
 
-    // Load Impact retries the same delivery.
-    let mut refused = 1;
-    let retried = common::wait_for(
-        "a retry of the 503'd delivery to get 200, or the exporter to exit or \
-         fail /-/healthy (it kept answering 503 while alive and healthy)",
+/// Posts `body` with `id` and asserts the 503 of a store that cannot commit.
+fn expect_503(exporter: &Exporter, body: &Value, id: &str) {
+    let resp = exporter.post_event(body, id);
+    assert_eq!(
+        resp.status, 503,
+        "a delivery the store could not commit: {}",
+        resp.body
+    );
+    assert_eq!(resp.json()["result"], json!("rejected"), "{}", resp.body);
+}
+
+/// Load Impact retrying one delivery: posts it until a 200 (for up to 10 s),
+/// adding the 503s to `refused`. `None` when the exporter exited instead, or
+/// (with `unhealthy_ends`) said it is unhealthy: its supervisor restarts it.
+fn retry(
+    exporter: &Exporter,
+    body: &Value,
+    id: &str,
+    refused: &mut usize,
+    unhealthy_ends: bool,
+) -> Option<common::Response> {
+    let pid = exporter.pid();
+    let payload = serde_json::to_vec(body).expect("json");
+    common::wait_for(
+        "a retry of a 503'd delivery to get 200, or the exporter to exit or fail \
+         /-/healthy (it kept answering 503 while alive and healthy)",
         Duration::from_secs(10),
         || {
-            let healthy = common::try_request("GET", &exporter.url("/-/healthy"), &[], None)
-                .is_some_and(|r| r.status == 200);
-            if has_exited(pid) || !healthy {
+            let unhealthy = unhealthy_ends
+                && common::try_request("GET", &exporter.url("/-/healthy"), &[], None)
+                    .is_none_or(|r| r.status != 200);
+            if has_exited(pid) || unhealthy {
                 return Some(None);
             }
-            match common::try_request(
-                "POST",
-                &exporter.url("/webhook"),
-                &[
-                    ("Content-Type", "application/json"),
-                    ("X-LoadImpact-ID", "id-2"),
-                ],
-                Some(&serde_json::to_vec(&failing).expect("json")),
-            ) {
+            let headers = [
+                ("Content-Type", "application/json"),
+                ("X-LoadImpact-ID", id),
+            ];
+            match common::try_request("POST", &exporter.url("/webhook"), &headers, Some(&payload)) {
                 Some(r) if r.status == 200 => Some(Some(r)),
                 Some(r) if r.status == 503 => {
-                    refused += 1;
+                    *refused += 1;
                     None
                 }
                 Some(r) => panic!("a retry got {} {}", r.status, r.body),
                 None => Some(None),
             }
         },
-    );
+    )
+}
+
+/// After `retry`: in place, the result is accepted (or duplicate: the failed
+/// commit reached the disk after all) and every 503 is counted; otherwise the
+/// exporter is restarted as its supervisor would, and the retry succeeds.
+fn after_retry(
+    exporter: &mut Exporter,
+    retried: Option<common::Response>,
+    body: &Value,
+    id: &str,
+    refused: usize,
+) {
     match retried {
         Some(resp) => {
-            // Recovered in place: still counting every request.
             let result = resp.json()["result"].clone();
             assert!(
                 result == json!("accepted") || result == json!("duplicate"),
@@ -739,19 +758,100 @@ fn a_transient_fsync_failure_is_answered_503_and_then_recovered() {
             assert_value(&exporter.samples(), &requests_total(503), refused as f64);
         }
         None => {
-            // Exited or unhealthy: the supervisor starts it again, and the retry succeeds.
             exporter.kill9();
             exporter.restart();
-            let resp = exporter.post_event(&failing, "id-2");
+            let resp = exporter.post_event(body, id);
             assert_eq!(resp.status, 200, "retry after the restart: {}", resp.body);
         }
     }
+}
+
+/// One fsync of the store fails (strace attached to the running exporter
+/// injects EIO once, then detaches). That delivery gets 503 and "the sender
+/// retries": a retry must succeed within seconds, either because the exporter
+/// recovered in place, or because it exited or declared itself unhealthy and
+/// its supervisor restarted it. It must not keep answering 503 while it lives
+/// and says it is healthy. Whatever got a 200 survives a `kill -9`.
+#[test]
+fn a_transient_fsync_failure_is_answered_503_and_then_recovered() {
+    let mut exporter = Exporter::start(&[]);
+    let run = |id| Run::new(1, 1, 1, id);
+    post_id_expect(&exporter, &run(1).started(), "id-1", "accepted");
+
+    let pid = exporter.pid();
+    let tracer = fail_fsyncs(pid, Some("1"));
+    let failing = run(2).started();
+    expect_503(&exporter, &failing, "id-2");
+    detach(tracer, pid);
+
+    let mut refused = 1;
+    let retried = retry(&exporter, &failing, "id-2", &mut refused, true);
+    after_retry(&mut exporter, retried, &failing, "id-2", refused);
     post_id_expect(&exporter, &run(3).started(), "id-3", "accepted");
     exporter.kill9();
     exporter.restart();
     let s = exporter.samples();
     assert_value(&s, &run(1).started_total(), 3.0);
     assert_value(&s, &run(1).running(), 3.0);
+}
+
+/// Every fsync fails for a while (a failing disk): deliveries get 503 and
+/// change nothing, the exporter is not ready ("ready once the store is open";
+/// README: `/-/ready` is 200 while the store takes writes, `/-/healthy` 503 when
+/// it cannot be reopened). Once the disk is back, Load Impact's retries are
+/// accepted, readiness returns, and every 503 answered is counted.
+#[test]
+fn a_failing_disk_makes_the_exporter_unready_until_it_recovers() {
+    let mut exporter = Exporter::start(&[]);
+    let run = |id| Run::new(2, 2, 2, id);
+    post_expect(&exporter, &run(1).started(), "accepted");
+    let pid = exporter.pid();
+    let before = exporter.samples();
+    let tracer = fail_fsyncs(pid, None);
+    for id in 2..5 {
+        expect_503(&exporter, &run(id).started(), &format!("disk-{id}"));
+        // Not stored, so not counted (the 503s themselves may be counted late).
+        let mut moved = changes(&before, &exporter.samples());
+        moved.remove(&requests_total(503));
+        assert!(
+            moved.is_empty(),
+            "after {} deliveries answered 503, the metrics show: {moved:#?}",
+            id - 1
+        );
+    }
+    let status = |exporter: &Exporter, path: &str| common::get(&exporter.url(path)).status;
+    common::wait_for(
+        "/-/ready and /-/healthy to say 503",
+        Duration::from_secs(10),
+        || {
+            (status(&exporter, "/-/ready") == 503 && status(&exporter, "/-/healthy") == 503)
+                .then_some(())
+        },
+    );
+    detach(tracer, pid);
+
+    let mut refused = 3;
+    for id in 2..5 {
+        let (body, id) = (run(id).started(), format!("disk-{id}"));
+        let retried = retry(&exporter, &body, &id, &mut refused, false);
+        after_retry(&mut exporter, retried, &body, &id, refused);
+    }
+    common::wait_for(
+        "/-/ready and /-/healthy to say 200",
+        Duration::from_secs(10),
+        || {
+            (status(&exporter, "/-/ready") == 200 && status(&exporter, "/-/healthy") == 200)
+                .then_some(())
+        },
+    );
+    let before = exporter.samples();
+    assert_value(&before, &run(1).started_total(), 4.0);
+    exporter.kill9();
+    exporter.restart();
+    assert!(
+        changes(&before, &exporter.samples()).is_empty(),
+        "state after kill -9"
+    );
 }
 
 /// Whether the server side of the connection 127.0.0.1:`client_port` ->
