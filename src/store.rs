@@ -154,6 +154,20 @@ fn each<K: redb::Key + 'static, V: redb::Value + 'static>(
     Ok(())
 }
 
+/// Writes `value` as JSON under `key`, or removes the key when the state no
+/// longer has it.
+fn put_or_remove<T: serde::Serialize>(
+    table: &mut redb::Table<'_, u64, &'static [u8]>,
+    key: u64,
+    value: Option<&T>,
+) -> Result<(), StoreError> {
+    match value {
+        Some(value) => table.insert(key, to_json(value)?.as_slice()).map(drop),
+        None => table.remove(key).map(drop),
+    }
+    .map_err(db_err)
+}
+
 fn key_json<T: serde::Serialize>(key: &T) -> Result<String, StoreError> {
     serde_json::to_string(key).map_err(db_err)
 }
@@ -219,14 +233,7 @@ impl Store for RedbStore {
             let mut outbox = txn.open_table(OUTBOX).map_err(db_err)?;
             for key in &changes.keys {
                 match key {
-                    Key::Run(id) => match state.runs.get(id) {
-                        Some(run) => {
-                            runs.insert(*id, to_json(run)?.as_slice()).map_err(db_err)?;
-                        }
-                        None => {
-                            runs.remove(*id).map_err(db_err)?;
-                        }
-                    },
+                    Key::Run(id) => put_or_remove(&mut runs, *id, state.runs.get(id))?,
                     Key::Dedup(id) => match state.dedup.get(id) {
                         Some(seen) => {
                             dedup.insert(id.as_str(), *seen).map_err(db_err)?;
@@ -235,16 +242,9 @@ impl Store for RedbStore {
                             dedup.remove(id.as_str()).map_err(db_err)?;
                         }
                     },
-                    Key::LoadTest(id) => match state.load_tests.get(id) {
-                        Some(test) => {
-                            load_tests
-                                .insert(*id, to_json(test)?.as_slice())
-                                .map_err(db_err)?;
-                        }
-                        None => {
-                            load_tests.remove(*id).map_err(db_err)?;
-                        }
-                    },
+                    Key::LoadTest(id) => {
+                        put_or_remove(&mut load_tests, *id, state.load_tests.get(id))?
+                    }
                     Key::Counter(counter) => {
                         let k = key_json(counter)?;
                         counters
@@ -259,16 +259,7 @@ impl Store for RedbStore {
                                 .map_err(db_err)?;
                         }
                     }
-                    Key::Outbox(id) => match state.outbox.get(id) {
-                        Some(record) => {
-                            outbox
-                                .insert(*id, to_json(record)?.as_slice())
-                                .map_err(db_err)?;
-                        }
-                        None => {
-                            outbox.remove(*id).map_err(db_err)?;
-                        }
-                    },
+                    Key::Outbox(id) => put_or_remove(&mut outbox, *id, state.outbox.get(id))?,
                     Key::LastEvent(event) => {
                         if let Some(at) = state.last_event.get(event) {
                             last_event.insert(event.as_str(), *at).map_err(db_err)?;
