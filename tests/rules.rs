@@ -583,18 +583,18 @@ fn dashboards_have_stable_uids_and_no_hard_coded_data_source() {
 }
 
 #[test]
-fn every_panel_is_described_in_docs() {
-    let docs = read(&repo().join("docs/dashboards.md"));
+fn every_panel_is_described_in_the_readme() {
+    let docs = read(&repo().join("README.md"));
     for (uid, dashboard) in dashboards() {
         assert!(
             docs.contains(&format!("`{uid}.json`")),
-            "docs/dashboards.md: no {uid}"
+            "README.md: no {uid}"
         );
         let panels = dashboard["panels"].as_array().cloned().unwrap_or_default();
         for title in panels.iter().filter_map(|p| p["title"].as_str()) {
             assert!(
                 docs.contains(&format!("**{title}**")) || docs.contains(&format!("### {title}")),
-                "docs/dashboards.md does not describe panel {title:?} of {uid}"
+                "README.md does not describe panel {title:?} of {uid}"
             );
         }
     }
