@@ -235,6 +235,16 @@ pub fn families(state: &State, machine: &Machine, now: Millis) -> Vec<MetricFami
         "Metadata of a load test seen within --series.ttl; always 1.",
         GAUGE,
     );
+    let mut last_duration = Family::new(
+        "loadimpact_load_test_last_run_duration_seconds",
+        "Duration of the load test's latest finished run that had a start event.",
+        GAUGE,
+    );
+    let mut test_finished = Family::new(
+        "loadimpact_load_test_runs_finished_total",
+        "Finished runs of a load test by outcome; goes away with the load test after --series.ttl.",
+        COUNTER,
+    );
     let fresh_since = now.saturating_sub(machine.series_ttl);
     for (id, test) in state
         .load_tests
@@ -245,6 +255,15 @@ pub fn families(state: &State, machine: &Machine, now: Millis) -> Vec<MetricFami
         labels.push(("load_test_id", id.to_string()));
         if let Some(status) = test.last_status {
             last_status.gauge(&labels, status as f64);
+        }
+        if let Some(seconds) = test.last_duration_seconds {
+            last_duration.gauge(&labels, seconds);
+        }
+        for outcome in Outcome::ALL {
+            labels.push(("outcome", outcome.as_str().into()));
+            let count = test.finished.get(&outcome).copied().unwrap_or(0);
+            test_finished.counter(&labels, count);
+            labels.pop();
         }
         labels.push(("name", test.name.clone().unwrap_or_default()));
         info.gauge(&labels, 1.0);
@@ -322,6 +341,8 @@ pub fn families(state: &State, machine: &Machine, now: Millis) -> Vec<MetricFami
         durations,
         ratio,
         last_status,
+        last_duration,
+        test_finished,
         info,
         expired,
         last_event,

@@ -102,6 +102,12 @@ pub struct LoadTest {
     pub name: Option<String>,
     pub last_status: Option<i64>,
     pub last_seen: Millis,
+    /// Its finished runs by outcome (while the load test is within `--series.ttl`).
+    #[serde(default)]
+    pub finished: BTreeMap<Outcome, u64>,
+    /// Duration of its latest finished run that had a start.
+    #[serde(default)]
+    pub last_duration_seconds: Option<f64>,
 }
 
 /// A counter's identity: metric and labels.
@@ -197,19 +203,56 @@ pub enum Key {
     Outbox(u64),
 }
 
+/// One entry of the state as it was (`None`: absent), to undo a change.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Saved {
+    Run(Option<Run>),
+    Dedup(Option<Millis>),
+    LoadTest(Option<LoadTest>),
+    Counter(Option<u64>),
+    Histogram(Option<Histogram>),
+    LastEvent(Option<Millis>),
+    Outbox(Option<SpanRecord>),
+}
+
 /// The entries an apply touched, for the store to write (or delete, when the
-/// entry is gone from the state).
+/// entry is gone from the state), with each entry's value from before the
+/// first touch, so that a change that could not be stored can be undone.
 #[derive(Debug, Default, Clone, PartialEq)]
 pub struct Changes {
     pub keys: BTreeSet<Key>,
+    undo: Vec<(Key, Saved)>,
 }
 
 impl Changes {
     pub fn is_empty(&self) -> bool {
         self.keys.is_empty()
     }
-    fn touch(&mut self, key: Key) {
-        self.keys.insert(key);
+
+    /// Records that `key` is about to change. Called before the change.
+    fn touch(&mut self, state: &State, key: Key) {
+        if !self.keys.contains(&key) {
+            self.undo.push((key.clone(), state.snapshot(&key)));
+            self.keys.insert(key);
+        }
+    }
+
+    /// Puts every touched entry back as it was before these changes.
+    pub fn undo(self, state: &mut State) {
+        for (key, saved) in self.undo.into_iter().rev() {
+            state.restore(&key, saved);
+        }
+    }
+}
+
+fn put<K: Ord, V>(map: &mut BTreeMap<K, V>, key: K, value: Option<V>) {
+    match value {
+        Some(value) => {
+            map.insert(key, value);
+        }
+        None => {
+            map.remove(&key);
+        }
     }
 }
 
@@ -247,8 +290,42 @@ impl State {
     }
 
     fn bump(&mut self, key: CounterKey, changes: &mut Changes) {
-        *self.counters.entry(key.clone()).or_insert(0) += 1;
-        changes.touch(Key::Counter(key));
+        changes.touch(self, Key::Counter(key.clone()));
+        *self.counters.entry(key).or_insert(0) += 1;
+    }
+
+    /// The entry named by `key`, as it is now.
+    pub fn snapshot(&self, key: &Key) -> Saved {
+        match key {
+            Key::Run(id) => Saved::Run(self.runs.get(id).cloned()),
+            Key::Dedup(id) => Saved::Dedup(self.dedup.get(id).copied()),
+            Key::LoadTest(id) => Saved::LoadTest(self.load_tests.get(id).cloned()),
+            Key::Counter(k) => Saved::Counter(self.counters.get(k).copied()),
+            Key::Histogram(p, o) => Saved::Histogram(self.histograms.get(&(*p, *o)).cloned()),
+            Key::LastEvent(e) => Saved::LastEvent(self.last_event.get(e).copied()),
+            Key::Outbox(id) => Saved::Outbox(self.outbox.get(id).cloned()),
+        }
+    }
+
+    /// Sets the entry named by `key` to `saved` (a snapshot of the same key).
+    pub fn restore(&mut self, key: &Key, saved: Saved) {
+        match (key, saved) {
+            (Key::Run(id), Saved::Run(v)) => put(&mut self.runs, *id, v),
+            (Key::LoadTest(id), Saved::LoadTest(v)) => put(&mut self.load_tests, *id, v),
+            (Key::Counter(k), Saved::Counter(v)) => put(&mut self.counters, k.clone(), v),
+            (Key::Histogram(p, o), Saved::Histogram(v)) => put(&mut self.histograms, (*p, *o), v),
+            (Key::LastEvent(e), Saved::LastEvent(v)) => put(&mut self.last_event, e.clone(), v),
+            (Key::Outbox(id), Saved::Outbox(v)) => put(&mut self.outbox, *id, v),
+            (Key::Dedup(id), Saved::Dedup(v)) => match v {
+                Some(v) => {
+                    self.dedup.insert(id.clone(), v);
+                }
+                None => {
+                    self.dedup.remove(id);
+                }
+            },
+            (key, saved) => debug_assert!(false, "snapshot {saved:?} is not of {key:?}"),
+        }
     }
 }
 
@@ -344,8 +421,9 @@ impl Machine {
             }
             Input::SpansExported { run_ids } => {
                 for id in run_ids {
-                    if state.outbox.remove(&id).is_some() {
-                        changes.touch(Key::Outbox(id));
+                    if state.outbox.contains_key(&id) {
+                        changes.touch(state, Key::Outbox(id));
+                        state.outbox.remove(&id);
                         state.bump(CounterKey::SpansExported, changes);
                     }
                 }
@@ -389,8 +467,8 @@ impl Machine {
             }
         } else {
             if let Some(id) = request_id {
-                state.dedup.insert(id.clone(), at);
-                changes.touch(Key::Dedup(id));
+                changes.touch(state, Key::Dedup(id.clone()));
+                state.dedup.insert(id, at);
             }
             match event {
                 Event::NotificationChannel => Applied {
@@ -407,8 +485,8 @@ impl Machine {
         applied.event = name;
         // A duplicate changes nothing but its own counts.
         if applied.result != EventResult::Duplicate {
+            changes.touch(state, Key::LastEvent(name.to_owned()));
             state.last_event.insert(name.to_owned(), at);
-            changes.touch(Key::LastEvent(name.to_owned()));
         }
         state.bump(
             CounterKey::Events {
@@ -428,7 +506,7 @@ impl Machine {
         changes: &mut Changes,
     ) -> Applied {
         let run_id = event.load_test_run_id;
-        changes.touch(Key::Run(run_id));
+        changes.touch(state, Key::Run(run_id));
         let run = state.runs.entry(run_id).or_insert_with(|| Run {
             project: event.project,
             load_test_id: event.load_test_id,
@@ -504,12 +582,12 @@ impl Machine {
                 if let Some(started) = run.started_at {
                     let seconds = (at.saturating_sub(started)).max(0) as f64 / 1000.0;
                     applied.duration_seconds = Some(seconds);
+                    changes.touch(state, Key::Histogram(project, outcome));
                     state
                         .histograms
                         .entry((project, outcome))
                         .or_default()
                         .observe(seconds);
-                    changes.touch(Key::Histogram(project, outcome));
                 }
                 state.bump(CounterKey::Finished(project, outcome), changes);
                 if let Some(span) = span {
@@ -517,7 +595,7 @@ impl Machine {
                 }
             }
         }
-        self.touch_load_test(state, &event, project, at, changes);
+        self.touch_load_test(state, &event, project, &applied, at, changes);
         applied
     }
 
@@ -537,18 +615,25 @@ impl Machine {
             state.bump(CounterKey::SpansDropped, changes);
             return;
         }
+        changes.touch(state, Key::Outbox(run_id));
         state.outbox.insert(run_id, record);
-        changes.touch(Key::Outbox(run_id));
     }
 
+    /// Records a run event on its load test: last seen, name, and for a
+    /// finish its status, outcome count and duration.
     fn touch_load_test(
         &self,
         state: &mut State,
         event: &RunEvent,
         project: Project,
+        applied: &Applied,
         at: Millis,
         changes: &mut Changes,
     ) {
+        let finished = (event.kind == RunEventKind::Finished)
+            .then_some(applied.outcome)
+            .flatten();
+        changes.touch(state, Key::LoadTest(event.load_test_id));
         let test = state
             .load_tests
             .entry(event.load_test_id)
@@ -557,64 +642,74 @@ impl Machine {
                 name: None,
                 last_status: None,
                 last_seen: at,
+                finished: BTreeMap::new(),
+                last_duration_seconds: None,
             });
         test.last_seen = test.last_seen.max(at);
         if event.name.is_some() {
             test.name = event.name.clone();
         }
-        if event.kind == RunEventKind::Finished {
+        if let Some(outcome) = finished {
             test.last_status = Some(event.status);
+            *test.finished.entry(outcome).or_insert(0) += 1;
+            if applied.duration_seconds.is_some() {
+                test.last_duration_seconds = applied.duration_seconds;
+            }
         }
-        changes.touch(Key::LoadTest(event.load_test_id));
     }
 
     fn tick(&self, state: &mut State, now: Millis, changes: &mut Changes) {
-        let mut expired = Vec::new();
-        let mut expired_spans = Vec::new();
-        let mut forgotten = Vec::new();
         let retention = self.run_retention();
-        for (id, run) in state.runs.iter_mut() {
-            if let Some(started) = run.started_at {
-                if run.is_running() && started.saturating_add(self.run_max_duration) <= now {
-                    run.expired_at = Some(now);
-                    run.last_event_at = now;
-                    expired.push(run.project);
-                    expired_spans.push((*id, run.span(now, SpanEnd::Expired)));
-                    changes.touch(Key::Run(*id));
-                    continue;
-                }
-            }
+        let mut expiring = Vec::new();
+        let mut forgotten = Vec::new();
+        for (id, run) in &state.runs {
+            let overdue = run
+                .started_at
+                .is_some_and(|started| started.saturating_add(self.run_max_duration) <= now);
             let ended = run.finished_at.is_some() || run.expired_at.is_some();
-            if ended && run.last_event_at.saturating_add(retention) <= now {
+            if run.is_running() && overdue {
+                expiring.push(*id);
+            } else if ended && run.last_event_at.saturating_add(retention) <= now {
                 forgotten.push(*id);
             }
         }
-        for project in expired {
+        for id in expiring {
+            changes.touch(state, Key::Run(id));
+            let Some(run) = state.runs.get_mut(&id) else {
+                continue;
+            };
+            run.expired_at = Some(now);
+            run.last_event_at = now;
+            let (project, span) = (run.project, run.span(now, SpanEnd::Expired));
             state.bump(CounterKey::Expired(project), changes);
-        }
-        for (id, record) in expired_spans {
-            self.enqueue_span(state, id, record, changes);
+            self.enqueue_span(state, id, span, changes);
         }
         for id in forgotten {
+            changes.touch(state, Key::Run(id));
             state.runs.remove(&id);
-            changes.touch(Key::Run(id));
         }
         let ttl = self.dedup_ttl;
-        state.dedup.retain(|id, seen| {
-            let keep = seen.saturating_add(ttl) > now;
-            if !keep {
-                changes.keys.insert(Key::Dedup(id.clone()));
-            }
-            keep
-        });
+        let stale: Vec<String> = state
+            .dedup
+            .iter()
+            .filter(|(_, seen)| seen.saturating_add(ttl) <= now)
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in stale {
+            changes.touch(state, Key::Dedup(id.clone()));
+            state.dedup.remove(&id);
+        }
         let series_ttl = self.series_ttl;
-        state.load_tests.retain(|id, test| {
-            let keep = test.last_seen.saturating_add(series_ttl) > now;
-            if !keep {
-                changes.keys.insert(Key::LoadTest(*id));
-            }
-            keep
-        });
+        let quiet: Vec<u64> = state
+            .load_tests
+            .iter()
+            .filter(|(_, test)| test.last_seen.saturating_add(series_ttl) <= now)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in quiet {
+            changes.touch(state, Key::LoadTest(id));
+            state.load_tests.remove(&id);
+        }
     }
 
     /// Per project, the share of runs finished within the abort window (up to

@@ -300,36 +300,7 @@ impl Store for MemoryStore {
 
 /// Copies one entry (or its absence) from `from` to `to`.
 fn copy_entry(to: &mut State, from: &State, key: &Key) {
-    fn sync<K: Ord + Clone, V: Clone>(
-        to: &mut std::collections::BTreeMap<K, V>,
-        from: &std::collections::BTreeMap<K, V>,
-        k: &K,
-    ) {
-        match from.get(k) {
-            Some(v) => {
-                to.insert(k.clone(), v.clone());
-            }
-            None => {
-                to.remove(k);
-            }
-        }
-    }
-    match key {
-        Key::Run(id) => sync(&mut to.runs, &from.runs, id),
-        Key::LoadTest(id) => sync(&mut to.load_tests, &from.load_tests, id),
-        Key::Counter(k) => sync(&mut to.counters, &from.counters, k),
-        Key::Histogram(p, o) => sync(&mut to.histograms, &from.histograms, &(*p, *o)),
-        Key::LastEvent(e) => sync(&mut to.last_event, &from.last_event, e),
-        Key::Outbox(id) => sync(&mut to.outbox, &from.outbox, id),
-        Key::Dedup(id) => match from.dedup.get(id) {
-            Some(v) => {
-                to.dedup.insert(id.clone(), *v);
-            }
-            None => {
-                to.dedup.remove(id);
-            }
-        },
-    }
+    to.restore(key, from.snapshot(key));
 }
 
 #[cfg(test)]

@@ -240,28 +240,27 @@ fn run(
             Err(e) => {
                 metrics.failures.inc();
                 tracing::error!(error = %e, inputs = replies.len(), "commit failed; answering 503 so the senders retry");
-                let failed_now = replies.iter().filter(|(_, a)| a.is_some()).count() as u64;
-                unstored_503s += failed_now;
-                // The state must be what is durable again: reopen the store
-                // (redb refuses writes after an I/O error) and read it back.
-                let to_count = match store.recover() {
+                unstored_503s += replies.iter().filter(|(_, a)| a.is_some()).count() as u64;
+                // Nothing that was not stored may show: undo the group (back
+                // to the last commit), then reopen the store (redb refuses
+                // writes after an I/O error) and read back what is durable.
+                changes.undo(&mut state);
+                match store.recover() {
                     Ok(durable) => {
                         *state = durable;
-                        carried = Changes::default();
                         shared.store_failed.store(false, Ordering::Release);
                         shared.ready.store(true, Ordering::Release);
                         tracing::info!("store reopened after the failed commit");
-                        unstored_503s
                     }
                     Err(reopen) => {
                         tracing::error!(error = %reopen, "cannot reopen the store; not ready, not healthy");
                         shared.store_failed.store(true, Ordering::Release);
                         shared.ready.store(false, Ordering::Release);
-                        failed_now
                     }
-                };
-                // Count the 503s; they are written with the next commit.
-                for _ in 0..to_count {
+                }
+                // Count every 503 not yet stored; written with the next commit.
+                carried = Changes::default();
+                for _ in 0..unstored_503s {
                     shared
                         .machine
                         .apply(&mut state, Input::Rejected { code: 503 }, &mut carried);

@@ -253,6 +253,23 @@ fn request_ids_and_ended_runs_are_forgotten_after_their_retention() {
 }
 
 #[test]
+fn a_load_test_keeps_its_outcomes_and_latest_duration() {
+    let mut h = Harness::new();
+    // Runs 1 and 4 both belong to load test 1 (run % 3).
+    h.deliver("a", start(1, P1), 0);
+    h.deliver("b", finish(1, P1, 6, "Aborted by user"), 30_000);
+    h.deliver("c", finish(4, P1, 3, "Finished"), 40_000);
+    let test = &h.state.load_tests[&1];
+    assert_eq!(test.finished[&Outcome::AbortedByUser], 1);
+    assert_eq!(test.finished[&Outcome::Finished], 1);
+    assert_eq!(test.last_status, Some(3));
+    // Run 4 had no start: the latest duration stays run 1's.
+    assert_eq!(test.last_duration_seconds, Some(30.0));
+    h.deliver("d", finish(4, P1, 3, "Finished"), 50_000);
+    assert_eq!(h.state.load_tests[&1].finished[&Outcome::Finished], 1);
+}
+
+#[test]
 fn load_test_series_go_away_after_the_series_ttl() {
     let mut h = Harness::new();
     h.deliver("a", finish(3, P1, 3, "Finished"), 0);
@@ -426,6 +443,11 @@ proptest! {
                 .filter(|((p, _), _)| *p == project).map(|(_, hist)| hist.count).sum();
             prop_assert_eq!(observed, timed);
         }
+        // Per load test, the finished runs add up to the per-project counts.
+        let by_test: u64 = h.state.load_tests.values().flat_map(|t| t.finished.values()).sum();
+        let by_project: u64 = h.state.counters.iter()
+            .filter(|(k, _)| matches!(k, CounterKey::Finished(..))).map(|(_, v)| *v).sum();
+        prop_assert_eq!(by_test, by_project);
         // Every delivery is answered once and counted once.
         let events: u64 = h.state.counters.iter()
             .filter(|(k, _)| matches!(k, CounterKey::Events { .. })).map(|(_, v)| *v).sum();
@@ -460,6 +482,33 @@ proptest! {
         let b = play(&shuffled);
         prop_assert_eq!(a.run_metrics().0, b.run_metrics().0);
         prop_assert_eq!(a.machine.running(&a.state), b.machine.running(&b.state));
+    }
+
+    /// Undoing a group of changes gives back the state exactly as it was:
+    /// what a failed commit relies on to show nothing that was not stored.
+    #[test]
+    fn undo_restores_the_state_exactly(
+        before in prop::collection::vec(step(), 0..30),
+        group in prop::collection::vec(step(), 1..30),
+        tick in 0i64..200_000_000_000,
+    ) {
+        let mut h = play(&before);
+        h.machine.spans_max_pending = Some(4);
+        let original = h.state.clone();
+        let mut changes = Changes::default();
+        for (i, s) in group.iter().enumerate() {
+            let input = Input::Webhook {
+                request_id: Some(format!("g-{i}-{}", s.id_kind)),
+                event: event_of(s),
+                at: 50_000 + i as i64,
+            };
+            h.machine.apply(&mut h.state, input, &mut changes);
+        }
+        h.machine.apply(&mut h.state, Input::Tick { now: tick }, &mut changes);
+        h.machine.apply(&mut h.state, Input::SpansExported { run_ids: vec![1, 2] }, &mut changes);
+        h.machine.apply(&mut h.state, Input::Rejected { code: 400 }, &mut changes);
+        changes.undo(&mut h.state);
+        prop_assert_eq!(h.state, original);
     }
 
     /// Gauges and counters never go negative or backwards across ticks.
