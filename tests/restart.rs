@@ -819,6 +819,16 @@ fn a_failing_disk_makes_the_exporter_unready_until_it_recovers() {
             id - 1
         );
     }
+    // A group of concurrent deliveries fails together, and shows nothing either.
+    std::thread::scope(|scope| {
+        for id in 10..18 {
+            let exporter = &exporter;
+            scope.spawn(move || expect_503(exporter, &run(id).started(), &format!("disk-{id}")));
+        }
+    });
+    let mut moved = changes(&before, &exporter.samples());
+    moved.remove(&requests_total(503));
+    assert!(moved.is_empty(), "after concurrent 503s: {moved:#?}");
     let status = |exporter: &Exporter, path: &str| common::get(&exporter.url(path)).status;
     common::wait_for(
         "/-/ready and /-/healthy to say 503",
@@ -830,8 +840,8 @@ fn a_failing_disk_makes_the_exporter_unready_until_it_recovers() {
     );
     detach(tracer, pid);
 
-    let mut refused = 3;
-    for id in 2..5 {
+    let mut refused = 11;
+    for id in (2..5).chain(10..18) {
         let (body, id) = (run(id).started(), format!("disk-{id}"));
         let retried = retry(&exporter, &body, &id, &mut refused, false);
         after_retry(&mut exporter, retried, &body, &id, refused);
@@ -845,7 +855,7 @@ fn a_failing_disk_makes_the_exporter_unready_until_it_recovers() {
         },
     );
     let before = exporter.samples();
-    assert_value(&before, &run(1).started_total(), 4.0);
+    assert_value(&before, &run(1).started_total(), 12.0);
     exporter.kill9();
     exporter.restart();
     assert!(
