@@ -192,25 +192,7 @@ pub fn li_headers(event: &str, id: &str) -> Vec<(String, String)> {
 }
 
 /// A response with its headers (names lower-cased).
-#[derive(Debug)]
-pub struct Full {
-    pub status: u16,
-    pub body: String,
-    pub headers: BTreeMap<String, String>,
-}
-
-impl Full {
-    pub fn json(&self) -> Value {
-        serde_json::from_str(&self.body)
-            .unwrap_or_else(|e| panic!("body is not JSON ({e}): {:?}", self.body))
-    }
-
-    pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .get(&name.to_ascii_lowercase())
-            .map(String::as_str)
-    }
-}
+pub type Full = common::Response;
 
 /// Sends a request and keeps the response headers; `None` when the connection failed.
 pub fn try_send(
@@ -219,37 +201,11 @@ pub fn try_send(
     headers: &[(String, String)],
     body: Option<&[u8]>,
 ) -> Option<Full> {
-    let agent = ureq::AgentBuilder::new()
-        .timeout(Duration::from_secs(30))
-        .build();
-    let mut req = agent.request(method, url);
-    for (name, value) in headers {
-        req = req.set(name, value);
-    }
-    let result = match body {
-        Some(body) => req.send_bytes(body),
-        None => req.call(),
-    };
-    let resp = match result {
-        Ok(resp) => resp,
-        Err(ureq::Error::Status(_, resp)) => resp,
-        Err(ureq::Error::Transport(_)) => return None,
-    };
-    let status = resp.status();
-    let headers = resp
-        .headers_names()
-        .into_iter()
-        .map(|name| {
-            let value = resp.header(&name).unwrap_or_default().to_owned();
-            (name.to_ascii_lowercase(), value)
-        })
+    let headers: Vec<(&str, &str)> = headers
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
         .collect();
-    let body = resp.into_string().unwrap_or_default();
-    Some(Full {
-        status,
-        body,
-        headers,
-    })
+    common::try_request(method, url, &headers, body)
 }
 
 pub fn send(method: &str, url: &str, headers: &[(String, String)], body: Option<&[u8]>) -> Full {

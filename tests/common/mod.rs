@@ -50,18 +50,25 @@ pub fn wait_for<T>(what: &str, timeout: Duration, mut check: impl FnMut() -> Opt
     }
 }
 
-/// A response: status code and body text.
+/// A response: status code, headers (names lower-cased) and body text.
 #[derive(Debug, Clone)]
 pub struct Response {
     pub status: u16,
     pub body: String,
     pub content_type: Option<String>,
+    pub headers: BTreeMap<String, String>,
 }
 
 impl Response {
     pub fn json(&self) -> serde_json::Value {
         serde_json::from_str(&self.body)
             .unwrap_or_else(|e| panic!("body is not JSON ({e}): {}", self.body))
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .get(&name.to_ascii_lowercase())
+            .map(String::as_str)
     }
 }
 
@@ -79,11 +86,20 @@ fn into_response(result: Result<ureq::Response, ureq::Error>) -> Option<Response
     };
     let status = resp.status();
     let content_type = resp.header("content-type").map(str::to_owned);
+    let headers = resp
+        .headers_names()
+        .into_iter()
+        .map(|name| {
+            let value = resp.header(&name).unwrap_or_default().to_owned();
+            (name.to_ascii_lowercase(), value)
+        })
+        .collect();
     let body = resp.into_string().unwrap_or_default();
     Some(Response {
         status,
         body,
         content_type,
+        headers,
     })
 }
 
