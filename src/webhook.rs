@@ -245,6 +245,7 @@ fn string(value: &Value) -> Result<String, &'static str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::strategy::Strategy;
     use serde_json::json;
 
     fn body() -> Value {
@@ -405,6 +406,58 @@ mod tests {
             )
             .expect_err(bad);
             assert_eq!(err.status(), 415, "{bad}");
+        }
+    }
+
+    proptest::proptest! {
+        /// Whatever the bytes and headers, parsing never panics and every
+        /// rejection maps to one of the documented statuses.
+        #[test]
+        fn arbitrary_input_is_parsed_or_rejected_cleanly(
+            body in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..256),
+            event in proptest::option::of("[a-z._]{0,30}"),
+            content_type in proptest::option::of("[a-z/+;= -]{0,30}"),
+        ) {
+            let headers = Headers {
+                content_type: content_type.as_deref(),
+                event: event.as_deref(),
+                request_id: None,
+            };
+            if let Err(e) = parse(headers, &body) {
+                proptest::prop_assert!([400, 415, 422].contains(&e.status()), "{e:?}");
+                proptest::prop_assert!(!e.to_string().is_empty());
+            }
+        }
+
+        /// Valid-looking JSON objects with fields of any type: either a run
+        /// event with every required field, or an error naming a field.
+        #[test]
+        fn any_field_types_are_checked(
+            values in proptest::collection::vec(
+                proptest::prop_oneof![
+                    proptest::prelude::Just(json!(null)),
+                    proptest::prelude::any::<i64>().prop_map(|v| json!(v)),
+                    proptest::prelude::any::<bool>().prop_map(|v| json!(v)),
+                    "[a-z]{0,5}".prop_map(|v| json!(v)),
+                    proptest::prelude::Just(json!([1])),
+                ],
+                8,
+            ),
+        ) {
+            let fields = ["status", "status_text", "user_id", "name", "organization_id",
+                "load_test_id", "load_test_run_id", "project_id"];
+            let mut body = serde_json::Map::new();
+            body.insert("event".into(), json!("test.finished"));
+            for (field, value) in fields.iter().zip(values) {
+                body.insert((*field).into(), value);
+            }
+            match parse(Headers::default(), Value::Object(body).to_string().as_bytes()) {
+                Ok(d) => proptest::prop_assert!(matches!(d.event, Event::Run(_))),
+                Err(e) => {
+                    proptest::prop_assert_eq!(e.status(), 400);
+                    proptest::prop_assert!(e.field().is_some_and(|f| fields.contains(&f)), "{e:?}");
+                }
+            }
         }
     }
 
