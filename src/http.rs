@@ -4,7 +4,7 @@
 
 use crate::state::{Input, Millis, Run};
 use crate::webhook::{self, Headers, WebhookError};
-use crate::writer::{Shared, WriteError, WriterHandle};
+use crate::writer::{Shared, WriterHandle};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
@@ -62,28 +62,38 @@ fn error_response(status: StatusCode, message: &str, field: Option<&str>) -> Res
     json_response(status, body)
 }
 
-/// Routes one request.
+/// The read-only pages, besides the webhook.
+enum Page {
+    Metrics,
+    Healthy,
+    Ready,
+    Runs,
+    Landing,
+}
+
+/// Routes one request: the webhook, or a page (GET or HEAD only), or 404.
 pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Response<Body> {
-    let path = req.uri().path().to_owned();
+    let path = req.uri().path();
     if path == app.webhook_path {
         return webhook(&app, req).await;
     }
-    let known = path == app.telemetry_path
-        || matches!(
-            path.as_str(),
-            "/" | "/-/healthy" | "/-/ready" | "/api/v1/runs"
-        );
-    if !known {
-        return error_response(StatusCode::NOT_FOUND, "not found", None);
-    }
+    let page = match path {
+        p if p == app.telemetry_path => Page::Metrics,
+        "/-/healthy" => Page::Healthy,
+        "/-/ready" => Page::Ready,
+        "/api/v1/runs" => Page::Runs,
+        "/" => Page::Landing,
+        _ => return error_response(StatusCode::NOT_FOUND, "not found", None),
+    };
     if req.method() != Method::GET && req.method() != Method::HEAD {
         let mut resp = error_response(StatusCode::METHOD_NOT_ALLOWED, "use GET", None);
         resp.headers_mut()
             .insert(ALLOW, HeaderValue::from_static("GET, HEAD"));
         return resp;
     }
-    match path.as_str() {
-        p if p == app.telemetry_path => {
+    let text = "text/plain; charset=utf-8";
+    match page {
+        Page::Metrics => {
             let body = {
                 let state = app.shared.read();
                 crate::metrics::render(&state, &app.shared.machine, now_millis(), &app.registry)
@@ -94,32 +104,24 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Response<Body> {
                 body,
             )
         }
-        "/-/healthy" if app.shared.is_healthy() => {
-            respond(StatusCode::OK, "text/plain; charset=utf-8", "Healthy.\n")
-        }
-        "/-/healthy" => respond(
+        Page::Healthy if app.shared.is_healthy() => respond(StatusCode::OK, text, "Healthy.\n"),
+        Page::Healthy => respond(
             StatusCode::SERVICE_UNAVAILABLE,
-            "text/plain; charset=utf-8",
+            text,
             "Unhealthy: the store failed and cannot be reopened.\n",
         ),
-        "/-/ready" => {
-            if app.shared.is_ready() {
-                respond(StatusCode::OK, "text/plain; charset=utf-8", "Ready.\n")
-            } else {
-                respond(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "text/plain; charset=utf-8",
-                    "Not ready: the store is not open.\n",
-                )
-            }
-        }
-        "/api/v1/runs" => runs(&app),
-        "/" => respond(
+        Page::Ready if app.shared.is_ready() => respond(StatusCode::OK, text, "Ready.\n"),
+        Page::Ready => respond(
+            StatusCode::SERVICE_UNAVAILABLE,
+            text,
+            "Not ready: the store is not open.\n",
+        ),
+        Page::Runs => runs(&app),
+        Page::Landing => respond(
             StatusCode::OK,
             "text/html; charset=utf-8",
             landing_page(&app),
         ),
-        _ => error_response(StatusCode::NOT_FOUND, "not found", None),
     }
 }
 
@@ -139,7 +141,7 @@ async fn webhook(app: &App, req: Request<Incoming>) -> Response<Body> {
                     json_response(StatusCode::OK, json!({ "result": applied.result.as_str() }))
                 }
                 Ok(None) => error_response(StatusCode::INTERNAL_SERVER_ERROR, "not applied", None),
-                Err(e @ WriteError::Store(_)) | Err(e @ WriteError::Closed) => error_response(
+                Err(e) => error_response(
                     StatusCode::SERVICE_UNAVAILABLE,
                     &format!("{e}; retry later"),
                     None,

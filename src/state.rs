@@ -359,6 +359,20 @@ pub struct Applied {
     pub duration_seconds: Option<f64>,
 }
 
+impl Applied {
+    /// A decision that carries no outcome, status or duration (yet).
+    fn new(result: EventResult, event: &'static str, run_id: Option<u64>) -> Applied {
+        Applied {
+            result,
+            event,
+            run_id,
+            outcome: None,
+            status: None,
+            duration_seconds: None,
+        }
+    }
+}
+
 /// The state machine's settings (from the flags).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Machine {
@@ -453,36 +467,22 @@ impl Machine {
                 .get(id)
                 .is_some_and(|seen| seen.saturating_add(self.dedup_ttl) > at)
         });
-        let mut applied = if seen_before {
-            Applied {
-                result: EventResult::Duplicate,
-                event: name,
-                run_id: match &event {
-                    Event::Run(run) => Some(run.load_test_run_id),
-                    Event::NotificationChannel => None,
-                },
-                outcome: None,
-                status: None,
-                duration_seconds: None,
-            }
+        let applied = if seen_before {
+            let run_id = match &event {
+                Event::Run(run) => Some(run.load_test_run_id),
+                Event::NotificationChannel => None,
+            };
+            Applied::new(EventResult::Duplicate, name, run_id)
         } else {
             if let Some(id) = request_id {
                 changes.touch(state, Key::Dedup(id.clone()));
                 state.dedup.insert(id, at);
             }
             match event {
-                Event::NotificationChannel => Applied {
-                    result: EventResult::Accepted,
-                    event: name,
-                    run_id: None,
-                    outcome: None,
-                    status: None,
-                    duration_seconds: None,
-                },
+                Event::NotificationChannel => Applied::new(EventResult::Accepted, name, None),
                 Event::Run(run) => self.run_event(state, run, at, changes),
             }
         };
-        applied.event = name;
         // A duplicate changes nothing but its own counts.
         if applied.result != EventResult::Duplicate {
             changes.touch(state, Key::LastEvent(name.to_owned()));
@@ -522,12 +522,9 @@ impl Machine {
             last_event_at: at,
         });
         let mut applied = Applied {
-            result: EventResult::Duplicate,
-            event: event.kind.name(),
-            run_id: Some(run_id),
             outcome: run.outcome,
             status: run.status,
-            duration_seconds: None,
+            ..Applied::new(EventResult::Duplicate, event.kind.name(), Some(run_id))
         };
         let project = run.project;
         match event.kind {
