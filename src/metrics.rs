@@ -123,7 +123,8 @@ impl Family {
 pub fn families(state: &State, machine: &Machine, now: Millis) -> Vec<MetricFamily> {
     use MetricType::{COUNTER, GAUGE, HISTOGRAM};
     let mut out = Vec::new();
-    let projects = state.projects();
+    // Runs now running, keyed by every known project (0 where none run).
+    let running_now = machine.running(state);
 
     let mut requests = Family::new(
         "loadimpact_webhook_requests_total",
@@ -180,7 +181,7 @@ pub fn families(state: &State, machine: &Machine, now: Millis) -> Vec<MetricFami
         "Finished test runs by final outcome.",
         COUNTER,
     );
-    for project in &projects {
+    for project in running_now.keys() {
         let mut labels = project_labels(project);
         for outcome in Outcome::ALL {
             labels.push(("outcome", outcome.as_str().into()));
@@ -201,7 +202,7 @@ pub fn families(state: &State, machine: &Machine, now: Millis) -> Vec<MetricFami
         "Test runs started and not yet finished (nor expired).",
         GAUGE,
     );
-    for (project, count) in machine.running(state) {
+    for (project, count) in running_now {
         running.gauge(&project_labels(&project), count as f64);
     }
 
