@@ -5,7 +5,9 @@
 //! no clock, no state, so every rejection is decided here and nothing else in
 //! the exporter ever sees a malformed event.
 
-use serde_json::{Map, Value};
+use serde_json::value::RawValue;
+use serde_json::Value;
+use std::collections::HashMap;
 
 /// The three event names Load Impact sends.
 pub const EVENT_STARTED: &str = "test.started";
@@ -145,6 +147,100 @@ fn is_json_content_type(content_type: &str) -> bool {
         || (essence.starts_with("application/") && essence.ends_with("+json"))
 }
 
+/// The body's top-level fields, each kept as its raw JSON text and parsed
+/// only when read. A number that JSON can write but no field can hold (such
+/// as `1e400`) is then blamed on its field rather than on the whole body, and
+/// unknown extra fields are never parsed at all.
+struct Fields(HashMap<String, Box<RawValue>>);
+
+/// What a field must hold, for reading it and for naming it in an error.
+struct Kind<T> {
+    expected: &'static str,
+    convert: fn(&Value) -> Option<T>,
+}
+
+const ID: Kind<u64> = Kind {
+    expected: "a non-negative integer",
+    convert: Value::as_u64,
+};
+const INTEGER: Kind<i64> = Kind {
+    expected: "an integer",
+    convert: Value::as_i64,
+};
+const STRING: Kind<String> = Kind {
+    expected: "a string",
+    convert: |v| v.as_str().map(str::to_owned),
+};
+
+/// The deepest nesting accepted, as serde_json allows when it builds values.
+const MAX_DEPTH: usize = 128;
+
+/// How deeply arrays and objects nest in `json` (valid JSON text).
+fn nesting_depth(json: &str) -> usize {
+    let (mut depth, mut deepest) = (0usize, 0usize);
+    let (mut in_string, mut escaped) = (false, false);
+    for byte in json.bytes() {
+        match (in_string, byte) {
+            (true, _) if escaped => escaped = false,
+            (true, b'\\') => escaped = true,
+            (true, b'"') => in_string = false,
+            (true, _) => {}
+            (false, b'"') => in_string = true,
+            (false, b'[' | b'{') => {
+                depth += 1;
+                deepest = deepest.max(depth);
+            }
+            (false, b']' | b'}') => depth = depth.saturating_sub(1),
+            (false, _) => {}
+        }
+    }
+    deepest
+}
+
+impl Fields {
+    /// Parses `body` as one JSON object.
+    fn parse(body: &[u8]) -> Result<Fields, WebhookError> {
+        // First the syntax of the whole body (numbers are not evaluated
+        // here), then its shape.
+        let raw: Box<RawValue> =
+            serde_json::from_slice(body).map_err(|e| WebhookError::InvalidJson(e.to_string()))?;
+        if !raw.get().starts_with('{') {
+            return Err(WebhookError::NotAnObject);
+        }
+        if nesting_depth(raw.get()) > MAX_DEPTH {
+            return Err(WebhookError::InvalidJson(format!(
+                "nested deeper than {MAX_DEPTH} levels"
+            )));
+        }
+        serde_json::from_str(raw.get())
+            .map(Fields)
+            .map_err(|e| WebhookError::InvalidJson(e.to_string()))
+    }
+
+    /// Reads `field` as `kind`; absent or `null` is `None`.
+    fn optional<T>(&self, field: &'static str, kind: &Kind<T>) -> Result<Option<T>, WebhookError> {
+        let wrong = || WebhookError::WrongType {
+            field,
+            expected: kind.expected,
+        };
+        let Some(raw) = self.0.get(field) else {
+            return Ok(None);
+        };
+        // Only a number out of every range fails to parse here: the syntax
+        // was checked with the whole body.
+        let value: Value = serde_json::from_str(raw.get()).map_err(|_| wrong())?;
+        if value.is_null() {
+            return Ok(None);
+        }
+        (kind.convert)(&value).map(Some).ok_or_else(wrong)
+    }
+
+    fn required<T>(&self, field: &'static str, kind: &Kind<T>) -> Result<T, WebhookError> {
+        self.optional(field, kind)?
+            .ok_or(WebhookError::MissingField(field))
+    }
+}
+
 /// Parses and validates one delivery.
 pub fn parse(headers: Headers<'_>, body: &[u8]) -> Result<Delivery, WebhookError> {
     if let Some(content_type) = headers.content_type {
@@ -154,24 +250,10 @@ pub fn parse(headers: Headers<'_>, body: &[u8]) -> Result<Delivery, WebhookError
             ));
         }
     }
-    let value: Value =
-        serde_json::from_slice(body).map_err(|e| WebhookError::InvalidJson(e.to_string()))?;
-    let Value::Object(object) = value else {
-        return Err(WebhookError::NotAnObject);
-    };
-
-    let body_event = match object.get("event") {
-        None | Some(Value::Null) => None,
-        Some(Value::String(s)) => Some(s.as_str()),
-        Some(_) => {
-            return Err(WebhookError::WrongType {
-                field: "event",
-                expected: "a string",
-            })
-        }
-    };
+    let fields = Fields::parse(body)?;
+    let body_event = fields.optional("event", &STRING)?;
     let header_event = headers.event.map(str::trim).filter(|s| !s.is_empty());
-    let event_name = match (header_event, body_event) {
+    let event_name = match (header_event, body_event.as_deref()) {
         (Some(header), Some(body)) if header != body => {
             return Err(WebhookError::EventMismatch {
                 header: header.to_owned(),
@@ -183,8 +265,8 @@ pub fn parse(headers: Headers<'_>, body: &[u8]) -> Result<Delivery, WebhookError
     };
 
     let event = match event_name {
-        EVENT_STARTED => Event::Run(run_event(RunEventKind::Started, &object)?),
-        EVENT_FINISHED => Event::Run(run_event(RunEventKind::Finished, &object)?),
+        EVENT_STARTED => Event::Run(run_event(RunEventKind::Started, &fields)?),
+        EVENT_FINISHED => Event::Run(run_event(RunEventKind::Finished, &fields)?),
         EVENT_NOTIFICATION_CHANNEL => Event::NotificationChannel,
         other => return Err(WebhookError::UnknownEvent(other.to_owned())),
     };
@@ -196,50 +278,20 @@ pub fn parse(headers: Headers<'_>, body: &[u8]) -> Result<Delivery, WebhookError
     Ok(Delivery { request_id, event })
 }
 
-fn run_event(kind: RunEventKind, object: &Map<String, Value>) -> Result<RunEvent, WebhookError> {
+fn run_event(kind: RunEventKind, fields: &Fields) -> Result<RunEvent, WebhookError> {
     Ok(RunEvent {
         kind,
-        load_test_run_id: required_id(object, "load_test_run_id")?,
-        load_test_id: required_id(object, "load_test_id")?,
+        load_test_run_id: fields.required("load_test_run_id", &ID)?,
+        load_test_id: fields.required("load_test_id", &ID)?,
         project: Project {
-            organization_id: required_id(object, "organization_id")?,
-            project_id: required_id(object, "project_id")?,
+            organization_id: fields.required("organization_id", &ID)?,
+            project_id: fields.required("project_id", &ID)?,
         },
-        user_id: optional(object, "user_id", id)?,
-        name: optional(object, "name", string)?,
-        status: optional(object, "status", integer)?.ok_or(WebhookError::MissingField("status"))?,
-        status_text: optional(object, "status_text", string)?,
+        user_id: fields.optional("user_id", &ID)?,
+        name: fields.optional("name", &STRING)?,
+        status: fields.required("status", &INTEGER)?,
+        status_text: fields.optional("status_text", &STRING)?,
     })
-}
-
-fn required_id(object: &Map<String, Value>, field: &'static str) -> Result<u64, WebhookError> {
-    optional(object, field, id)?.ok_or(WebhookError::MissingField(field))
-}
-
-/// Reads `field` with `convert`; absent or `null` is `None`.
-fn optional<T>(
-    object: &Map<String, Value>,
-    field: &'static str,
-    convert: fn(&Value) -> Result<T, &'static str>,
-) -> Result<Option<T>, WebhookError> {
-    match object.get(field) {
-        None | Some(Value::Null) => Ok(None),
-        Some(value) => convert(value)
-            .map(Some)
-            .map_err(|expected| WebhookError::WrongType { field, expected }),
-    }
-}
-
-fn id(value: &Value) -> Result<u64, &'static str> {
-    value.as_u64().ok_or("a non-negative integer")
-}
-
-fn integer(value: &Value) -> Result<i64, &'static str> {
-    value.as_i64().ok_or("an integer")
-}
-
-fn string(value: &Value) -> Result<String, &'static str> {
-    value.as_str().map(str::to_owned).ok_or("a string")
 }
 
 #[cfg(test)]
@@ -459,6 +511,40 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn a_number_no_field_can_hold_is_named() {
+        for (field, number) in [
+            ("load_test_run_id", "1e400"),
+            ("project_id", "-1e400"),
+            ("status", "123456789012345678901234567890"),
+            ("user_id", "18446744073709551616"),
+            ("name", "1e400"),
+        ] {
+            let mut b = body();
+            b[field] = json!(0);
+            let text = b
+                .to_string()
+                .replace(&format!("\"{field}\":0"), &format!("\"{field}\":{number}"));
+            let err = parse(Headers::default(), text.as_bytes()).expect_err(field);
+            assert_eq!(err.status(), 400, "{field}");
+            assert_eq!(err.field(), Some(field), "{field}: {err}");
+        }
+        // An unknown extra field is never read, whatever number it holds.
+        let text = body().to_string().replacen('{', "{\"extra\":1e400,", 1);
+        assert!(parse(Headers::default(), text.as_bytes()).is_ok());
+    }
+
+    #[test]
+    fn nesting_is_measured_outside_strings() {
+        assert_eq!(nesting_depth(r#"{"a":[1,{"b":"[[[{\"]\\"}]}"#), 3);
+        assert_eq!(nesting_depth("{}"), 1);
+        let deep = format!("{{\"x\":{}{}}}", "[".repeat(200), "]".repeat(200));
+        assert_eq!(
+            parse(Headers::default(), deep.as_bytes()).map_err(|e| e.status()),
+            Err(400)
+        );
     }
 
     #[test]

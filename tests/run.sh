@@ -23,7 +23,7 @@ venv=.venv-tools
 if [ ! -x "$venv/bin/kubernetes-validate" ] || [ ! -x "$venv/bin/yamllint" ] || [ ! -x "$venv/bin/check-jsonschema" ]; then
   echo "==> installing Python tools into $venv" >&2
   python3 -m venv "$venv"
-  "$venv/bin/pip" install -q --disable-pip-version-check \
+  "$venv/bin/pip" install -q --disable-pip-version-check --no-cache-dir \
     kubernetes-validate==1.37.0 yamllint==1.38.0 check-jsonschema==0.39.0
 fi
 export PATH="$PWD/$venv/bin:$PATH"

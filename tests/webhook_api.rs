@@ -720,6 +720,25 @@ fn field_cases(valid: &Value) -> Vec<Bad> {
                 Some(field),
             ));
         }
+        // Numbers that JSON can write but the field cannot hold.
+        let too_big = if field == "status" {
+            "9223372036854775808"
+        } else {
+            "18446744073709551616"
+        };
+        for number in ["1e400", "-1e400", too_big] {
+            let mut bad = Bad::post(
+                format!("{event} with {field}: {number}"),
+                &with(field, Some(json!(0))),
+                400,
+                Some(field),
+            );
+            let text = String::from_utf8(bad.body.take().expect("body")).expect("utf-8");
+            let text = text.replace(&format!("\"{field}\":0"), &format!("\"{field}\":{number}"));
+            assert!(text.contains(number), "{text}");
+            bad.body = Some(text.into_bytes());
+            out.push(bad);
+        }
     }
     for (field, value) in [
         ("status_text", json!(3)),
