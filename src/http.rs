@@ -6,16 +6,17 @@ use crate::state::{Input, Millis, Run};
 use crate::webhook::{self, Headers, WebhookError};
 use crate::writer::{Shared, WriterHandle};
 use bytes::Bytes;
+use flate2::write::GzEncoder;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
-use hyper::header::{HeaderValue, ALLOW, CONTENT_LENGTH, CONTENT_TYPE};
+use hyper::header::{
+    HeaderValue, ACCEPT_ENCODING, ALLOW, CONTENT_ENCODING, CONTENT_LENGTH, CONTENT_TYPE, VARY,
+};
 use hyper::{Method, Request, Response, StatusCode};
 use serde_json::json;
+use std::io::Write as _;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
-
-/// How many finished runs `GET /api/v1/runs` lists.
-const RECENT_RUNS: usize = 50;
 
 /// Everything a request handler needs.
 pub struct App {
@@ -93,17 +94,7 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Response<Body> {
     }
     let text = "text/plain; charset=utf-8";
     match page {
-        Page::Metrics => {
-            let body = {
-                let state = app.shared.read();
-                crate::metrics::render(&state, &app.shared.machine, now_millis(), &app.registry)
-            };
-            respond(
-                StatusCode::OK,
-                "text/plain; version=0.0.4; charset=utf-8",
-                body,
-            )
-        }
+        Page::Metrics => metrics_page(&app, accepts_gzip(req.headers())),
         Page::Healthy if app.shared.is_healthy() => respond(StatusCode::OK, text, "Healthy.\n"),
         Page::Healthy => respond(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -123,6 +114,62 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Response<Body> {
             landing_page(&app),
         ),
     }
+}
+
+/// `GET <telemetry path>`: the exposition, rendered under the state's read
+/// lock, then compressed outside it when the scraper accepts gzip (as
+/// Prometheus does: a large scrape shrinks about tenfold).
+fn metrics_page(app: &App, gzip: bool) -> Response<Body> {
+    let mut text = {
+        let state = app.shared.read();
+        crate::metrics::render_state(&state, &app.shared.machine, now_millis())
+    };
+    crate::metrics::append_registry(&mut text, &app.registry);
+    let mut response = if gzip {
+        let mut encoder = GzEncoder::new(
+            Vec::with_capacity(text.len() / 8),
+            flate2::Compression::fast(),
+        );
+        // Writing to a Vec cannot fail.
+        let compressed = encoder
+            .write_all(text.as_bytes())
+            .and_then(|()| encoder.finish());
+        match compressed {
+            Ok(bytes) => {
+                let mut response = respond(StatusCode::OK, crate::metrics::CONTENT_TYPE, bytes);
+                response
+                    .headers_mut()
+                    .insert(CONTENT_ENCODING, HeaderValue::from_static("gzip"));
+                response
+            }
+            Err(_) => respond(StatusCode::OK, crate::metrics::CONTENT_TYPE, text),
+        }
+    } else {
+        respond(StatusCode::OK, crate::metrics::CONTENT_TYPE, text)
+    };
+    response
+        .headers_mut()
+        .insert(VARY, HeaderValue::from_static("Accept-Encoding"));
+    response
+}
+
+/// True when `Accept-Encoding` lists gzip (or `*`) with a non-zero quality.
+fn accepts_gzip(headers: &hyper::HeaderMap) -> bool {
+    headers
+        .get_all(ACCEPT_ENCODING)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .any(|coding| {
+            let mut parts = coding.split(';').map(str::trim);
+            let name = parts.next().unwrap_or_default();
+            let refused = parts.any(|p| {
+                p.strip_prefix("q=")
+                    .and_then(|q| q.trim().parse::<f32>().ok())
+                    .is_some_and(|q| q <= 0.0)
+            });
+            (name.eq_ignore_ascii_case("gzip") || name == "*") && !refused
+        })
 }
 
 /// `POST <webhook path>`: parse, submit, answer only once durable.
@@ -231,7 +278,7 @@ async fn read_and_parse(app: &App, req: Request<Incoming>) -> Result<webhook::De
     })
 }
 
-fn seconds(at: Option<Millis>) -> serde_json::Value {
+fn timestamp(at: Option<Millis>) -> serde_json::Value {
     at.map_or(serde_json::Value::Null, |ms| json!(ms as f64 / 1000.0))
 }
 
@@ -243,36 +290,28 @@ fn run_json(id: u64, run: &Run) -> serde_json::Value {
         "project_id": run.project.project_id,
         "user_id": run.user_id,
         "name": run.name,
-        "started_at": seconds(run.started_at),
-        "finished_at": seconds(run.finished_at),
-        "expired_at": seconds(run.expired_at),
+        "started_at": timestamp(run.started_at),
+        "finished_at": timestamp(run.finished_at),
+        "expired_at": timestamp(run.expired_at),
         "status": run.status,
         "status_text": run.status_text,
         "outcome": run.outcome.map(|o| o.as_str()),
-        "duration_seconds": match (run.started_at, run.finished_at) {
-            (Some(s), Some(f)) if !run.started_late => json!((f - s).max(0) as f64 / 1000.0),
-            _ => serde_json::Value::Null,
-        },
+        "duration_seconds": run.duration_millis().map(crate::state::seconds),
     })
 }
 
-/// `GET /api/v1/runs`: runs now running and the most recent finished ones.
+/// `GET /api/v1/runs`: runs now running, and the recently ended ones (the
+/// same runs as `loadimpact_test_run_info`), newest first.
 fn runs(app: &App) -> Response<Body> {
     let state = app.shared.read();
     let mut running: Vec<_> = state.runs.iter().filter(|(_, r)| r.is_running()).collect();
     running.sort_by_key(|(id, r)| (std::cmp::Reverse(r.started_at), **id));
-    let mut finished: Vec<_> = state
-        .runs
-        .iter()
-        .filter(|(_, r)| r.finished_at.is_some())
-        .collect();
-    finished.sort_by_key(|(id, r)| (std::cmp::Reverse(r.finished_at), **id));
-    finished.truncate(RECENT_RUNS);
+    let recent = state.recent_runs();
     json_response(
         StatusCode::OK,
         json!({
             "running": running.iter().map(|(id, r)| run_json(**id, r)).collect::<Vec<_>>(),
-            "recent": finished.iter().map(|(id, r)| run_json(**id, r)).collect::<Vec<_>>(),
+            "recent": recent.iter().map(|(id, r, _, _)| run_json(*id, r)).collect::<Vec<_>>(),
         }),
     )
 }
@@ -306,4 +345,28 @@ fn html_escape(s: &str) -> String {
         .replace('<', "&lt;")
         .replace('>', "&gt;")
         .replace('"', "&quot;")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::accepts_gzip;
+    use hyper::header::{HeaderMap, HeaderValue, ACCEPT_ENCODING};
+
+    #[test]
+    fn gzip_is_used_when_accepted_with_a_quality_above_zero() {
+        let accepts = |value: &str| {
+            let mut headers = HeaderMap::new();
+            headers.insert(
+                ACCEPT_ENCODING,
+                HeaderValue::from_str(value).expect("header"),
+            );
+            accepts_gzip(&headers)
+        };
+        assert!(accepts("gzip"));
+        assert!(accepts("deflate, GZIP;q=0.5"));
+        assert!(accepts("*"));
+        assert!(!accepts("gzip;q=0"));
+        assert!(!accepts("identity"));
+        assert!(!accepts_gzip(&HeaderMap::new()));
+    }
 }

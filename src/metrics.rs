@@ -1,305 +1,205 @@
-//! Rendering of the state as Prometheus metric families, at scrape time.
+//! Rendering of the state as the Prometheus text exposition, at scrape time.
 //!
 //! Nothing here counts: every value is read from the committed [`State`] when
 //! Prometheus scrapes, so what is exported is exactly what is stored and a
-//! restart changes nothing. The process's own telemetry (process collector,
-//! store commit timings) lives in a `prometheus::Registry` and is gathered
-//! beside it.
+//! restart changes nothing. The text is written straight from the state into
+//! one buffer (no intermediate metric objects: a scrape of 150,000 series is
+//! one pass over the maps); integers are written as integers, so counters are
+//! exact at any size. The process's own telemetry (process collector, store
+//! commit timings) lives in a `prometheus::Registry` and is encoded after it.
 
 use crate::outcome::Outcome;
-use crate::state::{CounterKey, Histogram, Machine, Millis, Run, State, DURATION_BUCKETS};
+use crate::state::{seconds, CounterKey, Histogram, Machine, Millis, State, DURATION_BUCKETS};
 use crate::webhook::Project;
-use prometheus::proto::{
-    Bucket, Counter, Gauge, Histogram as ProtoHistogram, LabelPair, Metric, MetricFamily,
-    MetricType,
-};
-use prometheus::{Encoder, Registry, TextEncoder};
+use prometheus::{Registry, TextEncoder};
+use std::fmt::Write as _;
 
 /// The version and revision in `loadimpact_exporter_build_info`.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 pub const REVISION: &str = env!("LOADIMPACT_EXPORTER_REVISION");
 
+/// The content type of the text exposition.
+pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
 /// The status codes the webhook path answers with, always exported.
 const EXPECTED_CODES: [u16; 7] = [200, 400, 405, 413, 415, 422, 503];
 
-/// Renders the full exposition: the state's families, then `registry`'s.
-pub fn render(state: &State, machine: &Machine, now: Millis, registry: &Registry) -> String {
-    let mut families = families(state, machine, now);
-    families.extend(registry.gather());
-    families.sort_by(|a, b| a.name().cmp(b.name()));
-    let mut out = Vec::new();
-    if let Err(e) = TextEncoder::new().encode(&families, &mut out) {
-        tracing::error!(error = %e, "cannot encode metrics");
+/// A label value: an id (written as an integer) or text (escaped).
+#[derive(Clone, Copy)]
+enum Value<'a> {
+    Id(u64),
+    Text(&'a str),
+}
+
+type Labels<'a> = [(&'static str, Value<'a>)];
+
+/// A sample value.
+#[derive(Clone, Copy)]
+enum Number {
+    Count(u64),
+    Float(f64),
+}
+
+/// The exposition being written: one family at a time, its `# HELP` and
+/// `# TYPE` lines written before its first sample (a family with no sample
+/// is left out, as the text format wants).
+struct Exposition {
+    out: String,
+    /// The family whose header is owed: (name, help, type).
+    pending: Option<(&'static str, &'static str, &'static str)>,
+}
+
+impl Exposition {
+    fn family(&mut self, name: &'static str, help: &'static str, kind: &'static str) {
+        self.pending = Some((name, help, kind));
     }
-    String::from_utf8(out).unwrap_or_default()
+
+    fn sample(
+        &mut self,
+        name: &str,
+        suffix: &str,
+        labels: &Labels<'_>,
+        extra: Option<(&str, &str)>,
+        value: Number,
+    ) {
+        if let Some((family, help, kind)) = self.pending.take() {
+            // Writing to a String cannot fail.
+            let _ = write!(
+                self.out,
+                "# HELP {family} {}\n# TYPE {family} {kind}\n",
+                help.replace('\\', "\\\\").replace('\n', "\\n")
+            );
+        }
+        self.out.push_str(name);
+        self.out.push_str(suffix);
+        let extra = extra.map(|(name, value)| (name, Value::Text(value)));
+        let mut separator = '{';
+        for (label, value) in labels.iter().copied().chain(extra) {
+            self.out.push(separator);
+            separator = ',';
+            self.out.push_str(label);
+            self.out.push_str("=\"");
+            match value {
+                Value::Id(id) => {
+                    let _ = write!(self.out, "{id}");
+                }
+                Value::Text(text) => escape_label(&mut self.out, text),
+            }
+            self.out.push('"');
+        }
+        if separator == ',' {
+            self.out.push('}');
+        }
+        let _ = match value {
+            Number::Count(n) => writeln!(self.out, " {n}"),
+            Number::Float(x) if x.is_nan() => writeln!(self.out, " NaN"),
+            Number::Float(x) if x.is_infinite() => {
+                writeln!(self.out, " {}Inf", if x > 0.0 { '+' } else { '-' })
+            }
+            Number::Float(x) => writeln!(self.out, " {x}"),
+        };
+    }
+
+    fn counter(&mut self, name: &str, labels: &Labels<'_>, value: u64) {
+        self.sample(name, "", labels, None, Number::Count(value));
+    }
+
+    fn gauge(&mut self, name: &str, labels: &Labels<'_>, value: f64) {
+        self.sample(name, "", labels, None, Number::Float(value));
+    }
+
+    fn histogram(&mut self, name: &str, labels: &Labels<'_>, h: &Histogram) {
+        let mut cumulative = 0;
+        let mut bound = String::new();
+        for (upper, count) in DURATION_BUCKETS.iter().zip(h.buckets.iter()) {
+            cumulative += count;
+            bound.clear();
+            let _ = write!(bound, "{upper}");
+            let le = Some(("le", bound.as_str()));
+            self.sample(name, "_bucket", labels, le, Number::Count(cumulative));
+        }
+        let inf = Some(("le", "+Inf"));
+        self.sample(name, "_bucket", labels, inf, Number::Count(h.count));
+        let sum = Number::Float(seconds(h.sum_millis));
+        self.sample(name, "_sum", labels, None, sum);
+        self.sample(name, "_count", labels, None, Number::Count(h.count));
+    }
 }
 
-fn label_pairs(pairs: &[(&str, String)]) -> Vec<LabelPair> {
-    pairs
-        .iter()
-        .map(|(name, value)| {
-            let mut pair = LabelPair::default();
-            pair.set_name((*name).to_owned());
-            pair.set_value(value.clone());
-            pair
-        })
-        .collect()
+/// Escapes a label value: backslash, double quote and line feed.
+fn escape_label(out: &mut String, text: &str) {
+    if !text.contains(['\\', '"', '\n']) {
+        out.push_str(text);
+        return;
+    }
+    for c in text.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '"' => out.push_str("\\\""),
+            '\n' => out.push_str("\\n"),
+            c => out.push(c),
+        }
+    }
 }
 
-fn project_labels(project: &Project) -> Vec<(&'static str, String)> {
-    vec![
-        ("organization_id", project.organization_id.to_string()),
-        ("project_id", project.project_id.to_string()),
+fn project_labels(p: &Project) -> [(&'static str, Value<'static>); 2] {
+    [
+        ("organization_id", Value::Id(p.organization_id)),
+        ("project_id", Value::Id(p.project_id)),
     ]
 }
 
-/// A family under construction.
-struct Family {
-    inner: MetricFamily,
+/// Renders the families of the state: call with the state's read lock held.
+pub fn render_state(state: &State, machine: &Machine, now: Millis) -> String {
+    let mut text = Exposition {
+        out: String::with_capacity(64 * 1024),
+        pending: None,
+    };
+    write_state(&mut text, state, machine, now);
+    text.out
 }
 
-impl Family {
-    fn new(name: &str, help: &str, kind: MetricType) -> Family {
-        let mut inner = MetricFamily::default();
-        inner.set_name(name.to_owned());
-        inner.set_help(help.to_owned());
-        inner.set_field_type(kind);
-        Family { inner }
-    }
-
-    fn push(&mut self, labels: &[(&str, String)], fill: impl FnOnce(&mut Metric)) {
-        let mut metric = Metric::default();
-        metric.set_label(label_pairs(labels));
-        fill(&mut metric);
-        self.inner.mut_metric().push(metric);
-    }
-
-    fn counter(&mut self, labels: &[(&str, String)], value: u64) {
-        self.push(labels, |m| {
-            let mut c = Counter::default();
-            c.set_value(value as f64);
-            m.set_counter(c);
-        });
-    }
-
-    fn gauge(&mut self, labels: &[(&str, String)], value: f64) {
-        self.push(labels, |m| {
-            let mut g = Gauge::default();
-            g.set_value(value);
-            m.set_gauge(g);
-        });
-    }
-
-    fn histogram(&mut self, labels: &[(&str, String)], h: &Histogram) {
-        self.push(labels, |m| {
-            let mut proto = ProtoHistogram::default();
-            let mut cumulative = 0;
-            let buckets = DURATION_BUCKETS
-                .iter()
-                .zip(h.buckets.iter())
-                .map(|(bound, count)| {
-                    cumulative += count;
-                    let mut b = Bucket::default();
-                    b.set_upper_bound(*bound);
-                    b.set_cumulative_count(cumulative);
-                    b
-                })
-                .collect();
-            proto.set_bucket(buckets);
-            proto.set_sample_count(h.count);
-            proto.set_sample_sum(h.sum);
-            m.set_histogram(proto);
-        });
-    }
-
-    fn done(self, out: &mut Vec<MetricFamily>) {
-        if !self.inner.get_metric().is_empty() {
-            out.push(self.inner);
-        }
+/// Appends `registry`'s families (the process's own telemetry), which need
+/// no lock on the state.
+pub fn append_registry(out: &mut String, registry: &Registry) {
+    match TextEncoder::new().encode_to_string(&registry.gather()) {
+        Ok(text) => out.push_str(&text),
+        Err(e) => tracing::error!(error = %e, "cannot encode the process metrics"),
     }
 }
 
-/// The families rendered from the state.
-pub fn families(state: &State, machine: &Machine, now: Millis) -> Vec<MetricFamily> {
-    use MetricType::{COUNTER, GAUGE, HISTOGRAM};
-    let mut out = Vec::new();
-    // Runs now running, keyed by every known project (0 where none run).
+/// Writes every family rendered from the state, in name order.
+fn write_state(x: &mut Exposition, state: &State, machine: &Machine, now: Millis) {
+    // Every known project (0 where none run).
     let running_now = machine.running(state);
 
-    let mut requests = Family::new(
-        "loadimpact_webhook_requests_total",
-        "Requests to the webhook path, by HTTP status code of the answer.",
-        COUNTER,
+    x.family(
+        "loadimpact_exporter_build_info",
+        "Version and git revision of the running exporter; always 1.",
+        "gauge",
     );
-    let mut events = Family::new(
-        "loadimpact_webhook_events_total",
-        "Valid webhook deliveries by event and result (accepted, duplicate, or ignored: a start after its run's finish).",
-        COUNTER,
+    x.gauge(
+        "loadimpact_exporter_build_info",
+        &[
+            ("version", Value::Text(VERSION)),
+            ("revision", Value::Text(REVISION)),
+        ],
+        1.0,
     );
-    let mut started = Family::new(
-        "loadimpact_test_runs_started_total",
-        "Distinct test runs seen to start.",
-        COUNTER,
-    );
-    let mut expired = Family::new(
-        "loadimpact_test_runs_expired_total",
-        "Runs taken off running after --run.max-duration with no finish event.",
-        COUNTER,
-    );
-    for (key, value) in &state.counters {
-        match key {
-            CounterKey::Requests { code } if !EXPECTED_CODES.contains(code) => {
-                requests.counter(&[("code", code.to_string())], *value)
-            }
-            CounterKey::Requests { .. } => {}
-            CounterKey::Events { event, result } => events.counter(
-                &[("event", event.clone()), ("result", result.as_str().into())],
-                *value,
-            ),
-            CounterKey::Started(p) => started.counter(&project_labels(p), *value),
-            CounterKey::Expired(_)
-            | CounterKey::Finished(..)
-            | CounterKey::SpansExported
-            | CounterKey::SpanExportFailures
-            | CounterKey::SpansDropped => {}
-        }
-    }
 
-    // The codes the webhook answers, 0 until used, so that rate() sees the
-    // first rejection of each.
-    for code in EXPECTED_CODES {
-        requests.counter(
-            &[("code", code.to_string())],
-            state.counter(&CounterKey::Requests { code }),
-        );
-    }
+    write_load_tests(x, state, machine, now);
 
-    // Every outcome of every known project, 0 until used, so that increase()
-    // and rate() see a project's first finish of each outcome.
-    let mut finished = Family::new(
-        "loadimpact_test_runs_finished_total",
-        "Finished test runs by final outcome.",
-        COUNTER,
-    );
-    for project in running_now.keys() {
-        let mut labels = project_labels(project);
-        for outcome in Outcome::ALL {
-            labels.push(("outcome", outcome.as_str().into()));
-            finished.counter(
-                &labels,
-                state.counter(&CounterKey::Finished(*project, outcome)),
-            );
-            labels.pop();
-        }
-        expired.counter(
-            &project_labels(project),
-            state.counter(&CounterKey::Expired(*project)),
-        );
-    }
-
-    let mut running = Family::new(
-        "loadimpact_test_runs_running",
-        "Test runs started and not yet finished (nor expired).",
-        GAUGE,
-    );
-    for (project, count) in running_now {
-        running.gauge(&project_labels(&project), count as f64);
-    }
-
-    let mut durations = Family::new(
-        "loadimpact_test_run_duration_seconds",
-        "Duration of finished test runs, from the start event to the finish event.",
-        HISTOGRAM,
-    );
-    for ((project, outcome), histogram) in &state.histograms {
-        let mut labels = project_labels(project);
-        labels.push(("outcome", outcome.as_str().into()));
-        durations.histogram(&labels, histogram);
-    }
-
-    let mut ratio = Family::new(
-        "loadimpact_project_abort_ratio",
+    let name = "loadimpact_project_abort_ratio";
+    x.family(
+        name,
         "Share of the runs finished within --abort-ratio.window whose outcome is aborted_*.",
-        GAUGE,
+        "gauge",
     );
     for (project, value) in machine.abort_ratios(state, now) {
-        ratio.gauge(&project_labels(&project), value);
+        x.gauge(name, &project_labels(&project), value);
     }
 
-    let mut last_status = Family::new(
-        "loadimpact_load_test_last_run_status",
-        "Raw Load Impact status code of the load test's latest finished run.",
-        GAUGE,
-    );
-    let mut info = Family::new(
-        "loadimpact_load_test_info",
-        "Metadata of a load test seen within --series.ttl; always 1.",
-        GAUGE,
-    );
-    let mut last_duration = Family::new(
-        "loadimpact_load_test_last_run_duration_seconds",
-        "Duration of the load test's latest finished run that had a start event.",
-        GAUGE,
-    );
-    let mut test_finished = Family::new(
-        "loadimpact_load_test_runs_finished_total",
-        "Finished runs of a load test by outcome; goes away with the load test after --series.ttl.",
-        COUNTER,
-    );
-    let fresh_since = now.saturating_sub(machine.series_ttl);
-    for (id, test) in state
-        .load_tests
-        .iter()
-        .filter(|(_, t)| t.last_seen > fresh_since)
-    {
-        let mut labels = project_labels(&test.project);
-        labels.push(("load_test_id", id.to_string()));
-        if let Some(status) = test.last_status {
-            last_status.gauge(&labels, status as f64);
-        }
-        if let Some(seconds) = test.last_duration_seconds {
-            last_duration.gauge(&labels, seconds);
-        }
-        for outcome in Outcome::ALL {
-            labels.push(("outcome", outcome.as_str().into()));
-            let count = test.finished.get(&outcome).copied().unwrap_or(0);
-            test_finished.counter(&labels, count);
-            labels.pop();
-        }
-        labels.push(("name", test.name.clone().unwrap_or_default()));
-        info.gauge(&labels, 1.0);
-    }
-
-    let mut last_event = Family::new(
-        "loadimpact_webhook_last_event_timestamp_seconds",
-        "Unix time at which an event of this name was last accepted or ignored (duplicates excluded).",
-        GAUGE,
-    );
-    for (event, at) in &state.last_event {
-        last_event.gauge(&[("event", event.clone())], *at as f64 / 1000.0);
-    }
-
-    let mut run_info = Family::new(
-        "loadimpact_test_run_info",
-        "The most recent finished or expired runs (--runs.info-limit) with their trace id; always 1.",
-        GAUGE,
-    );
-    for (id, run, outcome) in recent_runs(state, machine.runs_info_limit) {
-        let mut labels = project_labels(&run.project);
-        labels.push(("load_test_id", run.load_test_id.to_string()));
-        labels.push(("load_test_run_id", id.to_string()));
-        labels.push(("outcome", outcome.into()));
-        labels.push(("trace_id", crate::otel::trace_id(id).to_string()));
-        run_info.gauge(&labels, 1.0);
-    }
-
-    let mut spans = Vec::new();
     for (key, name, help) in [
-        (
-            CounterKey::SpansExported,
-            "loadimpact_spans_exported_total",
-            "Run spans acknowledged by the OTLP collector.",
-        ),
         (
             CounterKey::SpanExportFailures,
             "loadimpact_span_export_failures_total",
@@ -310,72 +210,234 @@ pub fn families(state: &State, machine: &Machine, now: Millis) -> Vec<MetricFami
             "loadimpact_spans_dropped_total",
             "Run spans dropped because the outbox held --otlp.max-pending spans.",
         ),
+        (
+            CounterKey::SpansExported,
+            "loadimpact_spans_exported_total",
+            "Run spans acknowledged by the OTLP collector.",
+        ),
     ] {
-        let mut family = Family::new(name, help, COUNTER);
-        family.counter(&[], state.counter(&key));
-        spans.push(family);
+        x.family(name, help, "counter");
+        x.counter(name, &[], state.counter(&key));
     }
-    let mut pending = Family::new(
-        "loadimpact_spans_pending",
+    let name = "loadimpact_spans_pending";
+    x.family(
+        name,
         "Run spans stored and waiting for the OTLP collector's acknowledgement.",
-        GAUGE,
+        "gauge",
     );
-    pending.gauge(&[], state.outbox.len() as f64);
-    spans.push(pending);
+    x.gauge(name, &[], state.outbox.len() as f64);
 
-    let mut build = Family::new(
-        "loadimpact_exporter_build_info",
-        "Version and git revision of the running exporter; always 1.",
-        GAUGE,
+    let name = "loadimpact_test_run_duration_seconds";
+    x.family(
+        name,
+        "Duration of finished test runs, from the start event to the finish event.",
+        "histogram",
     );
-    build.gauge(
-        &[("version", VERSION.into()), ("revision", REVISION.into())],
-        1.0,
-    );
-
-    for family in [
-        requests,
-        events,
-        started,
-        finished,
-        running,
-        durations,
-        ratio,
-        last_status,
-        last_duration,
-        test_finished,
-        info,
-        expired,
-        last_event,
-        run_info,
-        build,
-    ]
-    .into_iter()
-    .chain(spans)
-    {
-        family.done(&mut out);
+    for ((project, outcome), histogram) in &state.histograms {
+        let [org, proj] = project_labels(project);
+        let labels = [org, proj, ("outcome", Value::Text(outcome.as_str()))];
+        x.histogram(name, &labels, histogram);
     }
-    out
+
+    let name = "loadimpact_test_run_info";
+    x.family(
+        name,
+        "The most recent finished or expired runs (--runs.info-limit) with their trace id; always 1.",
+        "gauge",
+    );
+    for (id, run, _, outcome) in state.recent_runs() {
+        let [org, proj] = project_labels(&run.project);
+        let trace_id = crate::otel::trace_id(id).to_string();
+        let labels = [
+            org,
+            proj,
+            ("load_test_id", Value::Id(run.load_test_id)),
+            ("load_test_run_id", Value::Id(id)),
+            ("outcome", Value::Text(outcome)),
+            ("trace_id", Value::Text(&trace_id)),
+        ];
+        x.gauge(name, &labels, 1.0);
+    }
+
+    // Every outcome of every known project, 0 until used, so that increase()
+    // and rate() see a project's first finish of each outcome.
+    let name = "loadimpact_test_runs_expired_total";
+    x.family(
+        name,
+        "Runs taken off running after --run.max-duration with no finish event.",
+        "counter",
+    );
+    for project in running_now.keys() {
+        let value = state.counter(&CounterKey::Expired(*project));
+        x.counter(name, &project_labels(project), value);
+    }
+    let name = "loadimpact_test_runs_finished_total";
+    x.family(name, "Finished test runs by final outcome.", "counter");
+    for project in running_now.keys() {
+        let [org, proj] = project_labels(project);
+        for outcome in Outcome::ALL {
+            let labels = [org, proj, ("outcome", Value::Text(outcome.as_str()))];
+            let value = state.counter(&CounterKey::Finished(*project, outcome));
+            x.counter(name, &labels, value);
+        }
+    }
+    let name = "loadimpact_test_runs_running";
+    x.family(
+        name,
+        "Test runs started and not yet finished (nor expired).",
+        "gauge",
+    );
+    for (project, count) in &running_now {
+        x.gauge(name, &project_labels(project), *count as f64);
+    }
+    let name = "loadimpact_test_runs_started_total";
+    x.family(name, "Distinct test runs seen to start.", "counter");
+    for (key, value) in &state.counters {
+        if let CounterKey::Started(project) = key {
+            x.counter(name, &project_labels(project), *value);
+        }
+    }
+
+    let name = "loadimpact_webhook_events_total";
+    x.family(
+        name,
+        "Valid webhook deliveries by event and result (accepted, duplicate, or ignored: a start after its run's finish).",
+        "counter",
+    );
+    for (key, value) in &state.counters {
+        if let CounterKey::Events { event, result } = key {
+            let labels = [
+                ("event", Value::Text(event)),
+                ("result", Value::Text(result.as_str())),
+            ];
+            x.counter(name, &labels, *value);
+        }
+    }
+    let name = "loadimpact_webhook_last_event_timestamp_seconds";
+    x.family(
+        name,
+        "Unix time at which an event of this name was last accepted or ignored (duplicates excluded).",
+        "gauge",
+    );
+    for (event, at) in &state.last_event {
+        x.gauge(name, &[("event", Value::Text(event))], *at as f64 / 1000.0);
+    }
+
+    // The codes the webhook answers, 0 until used, so that rate() sees the
+    // first rejection of each; then any other code it answered.
+    let name = "loadimpact_webhook_requests_total";
+    x.family(
+        name,
+        "Requests to the webhook path, by HTTP status code of the answer.",
+        "counter",
+    );
+    let mut codes: Vec<u16> = EXPECTED_CODES.to_vec();
+    codes.extend(state.counters.keys().filter_map(|key| match key {
+        CounterKey::Requests { code } if !EXPECTED_CODES.contains(code) => Some(*code),
+        _ => None,
+    }));
+    codes.sort_unstable();
+    for code in codes {
+        let value = state.counter(&CounterKey::Requests { code });
+        x.counter(name, &[("code", Value::Id(u64::from(code)))], value);
+    }
 }
 
-/// The `limit` most recently ended runs (finished or expired), newest first,
-/// with their outcome label.
-fn recent_runs(state: &State, limit: usize) -> Vec<(u64, &Run, &'static str)> {
-    let mut ended: Vec<(Millis, u64, &Run, &'static str)> = state
-        .runs
-        .iter()
-        .filter_map(
-            |(id, run)| match (run.finished_at, run.outcome, run.expired_at) {
-                (Some(at), Some(outcome), _) => Some((at, *id, run, outcome.as_str())),
-                (None, _, Some(at)) => Some((at, *id, run, "expired")),
-                _ => None,
-            },
-        )
-        .collect();
-    ended.sort_by_key(|(at, id, _, _)| (std::cmp::Reverse(*at), std::cmp::Reverse(*id)));
-    ended
-        .into_iter()
-        .take(limit)
-        .map(|(_, id, run, outcome)| (id, run, outcome))
-        .collect()
+/// The per-load-test families, for load tests seen within `--series.ttl`.
+fn write_load_tests(x: &mut Exposition, state: &State, machine: &Machine, now: Millis) {
+    let fresh_since = now.saturating_sub(machine.series_ttl);
+    let fresh = || {
+        state
+            .load_tests
+            .iter()
+            .filter(move |(_, t)| t.last_seen > fresh_since)
+    };
+    let labels = |id: u64, project: &Project| {
+        let [org, proj] = project_labels(project);
+        [org, proj, ("load_test_id", Value::Id(id))]
+    };
+
+    let name = "loadimpact_load_test_info";
+    x.family(
+        name,
+        "Metadata of a load test seen within --series.ttl; always 1.",
+        "gauge",
+    );
+    for (id, test) in fresh() {
+        let [org, proj, load_test] = labels(*id, &test.project);
+        let test_name = Value::Text(test.name.as_deref().unwrap_or_default());
+        x.gauge(name, &[org, proj, load_test, ("name", test_name)], 1.0);
+    }
+    let name = "loadimpact_load_test_last_run_duration_seconds";
+    x.family(
+        name,
+        "Duration of the load test's latest finished run that had a start event.",
+        "gauge",
+    );
+    for (id, test) in fresh() {
+        if let Some(millis) = test.last_duration_millis {
+            x.gauge(name, &labels(*id, &test.project), seconds(millis));
+        }
+    }
+    let name = "loadimpact_load_test_last_run_status";
+    x.family(
+        name,
+        "Raw Load Impact status code of the load test's latest finished run.",
+        "gauge",
+    );
+    for (id, test) in fresh() {
+        if let Some(status) = test.last_status {
+            x.gauge(name, &labels(*id, &test.project), status as f64);
+        }
+    }
+    let name = "loadimpact_load_test_runs_finished_total";
+    x.family(
+        name,
+        "Finished runs of a load test by outcome; goes away with the load test after --series.ttl.",
+        "counter",
+    );
+    for (id, test) in fresh() {
+        let [org, proj, load_test] = labels(*id, &test.project);
+        for outcome in Outcome::ALL {
+            let labels = [
+                org,
+                proj,
+                load_test,
+                ("outcome", Value::Text(outcome.as_str())),
+            ];
+            let count = test.finished.get(&outcome).copied().unwrap_or(0);
+            x.counter(name, &labels, count);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn label_values_are_escaped() {
+        let mut out = String::new();
+        escape_label(&mut out, "a\\b\"c\nd é");
+        assert_eq!(out, "a\\\\b\\\"c\\nd é");
+    }
+
+    #[test]
+    fn families_without_samples_are_left_out_and_numbers_are_exact() {
+        let mut x = Exposition {
+            out: String::new(),
+            pending: None,
+        };
+        x.family("empty_total", "Never used.", "counter");
+        x.family("big_total", "Large.", "counter");
+        x.counter("big_total", &[("id", Value::Id(u64::MAX))], u64::MAX);
+        x.gauge("g", &[], 0.1 + 0.2);
+        x.gauge("inf", &[], f64::INFINITY);
+        assert_eq!(
+            x.out,
+            "# HELP big_total Large.\n# TYPE big_total counter\n\
+             big_total{id=\"18446744073709551615\"} 18446744073709551615\n\
+             g 0.30000000000000004\ninf +Inf\n"
+        );
+    }
 }

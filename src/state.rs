@@ -18,11 +18,18 @@ use std::time::Duration;
 /// Milliseconds since the Unix epoch.
 pub type Millis = i64;
 
-/// Upper bounds (seconds) of the run duration histogram: seconds to a day.
-pub const DURATION_BUCKETS: [f64; 14] = [
-    10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 900.0, 1800.0, 3600.0, 7200.0, 14400.0, 28800.0,
-    43200.0, 86400.0,
+/// Upper bounds (whole seconds) of the run duration histogram: seconds to a day.
+pub const DURATION_BUCKETS: [u64; 14] = [
+    10, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 14400, 28800, 43200, 86400,
 ];
+
+/// Milliseconds as the seconds a metric shows. Durations are kept as whole
+/// milliseconds (integers round-trip exactly through the store) and only
+/// turned into seconds when rendered, so the same state renders the same
+/// text before and after any restart.
+pub fn seconds(millis: u64) -> f64 {
+    millis as f64 / 1000.0
+}
 
 /// What became of a delivery: the `result` label.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -78,6 +85,26 @@ impl Run {
             && self.expired_at.is_none()
             && !self.started_late
     }
+
+    /// When the run ended (its finish, else its expiry), with its outcome
+    /// label; `None` while it has neither.
+    pub fn ended(&self) -> Option<(Millis, &'static str)> {
+        match (self.finished_at, self.outcome, self.expired_at) {
+            (Some(at), Some(outcome), _) => Some((at, outcome.as_str())),
+            (None, _, Some(at)) => Some((at, "expired")),
+            _ => None,
+        }
+    }
+
+    /// From start to finish, for a run that had both in that order.
+    pub fn duration_millis(&self) -> Option<u64> {
+        match (self.started_at, self.finished_at) {
+            (Some(started), Some(finished)) if !self.started_late => {
+                Some(u64::try_from(finished.saturating_sub(started)).unwrap_or(0))
+            }
+            _ => None,
+        }
+    }
 }
 
 impl Run {
@@ -107,7 +134,7 @@ pub struct LoadTest {
     pub finished: BTreeMap<Outcome, u64>,
     /// Duration of its latest finished run that had a start.
     #[serde(default)]
-    pub last_duration_seconds: Option<f64>,
+    pub last_duration_millis: Option<u64>,
 }
 
 /// A counter's identity: metric and labels.
@@ -131,11 +158,12 @@ pub enum CounterKey {
     SpansDropped,
 }
 
-/// A histogram's buckets (not cumulative; the last one is +Inf), sum and count.
+/// A duration histogram: buckets (not cumulative; the last one is +Inf),
+/// the sum in whole milliseconds, and the count.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Histogram {
     pub buckets: Vec<u64>,
-    pub sum: f64,
+    pub sum_millis: u64,
     pub count: u64,
 }
 
@@ -143,24 +171,31 @@ impl Default for Histogram {
     fn default() -> Self {
         Histogram {
             buckets: vec![0; DURATION_BUCKETS.len() + 1],
-            sum: 0.0,
+            sum_millis: 0,
             count: 0,
         }
     }
 }
 
 impl Histogram {
-    pub fn observe(&mut self, value: f64) {
+    pub fn observe(&mut self, millis: u64) {
         let index = DURATION_BUCKETS
             .iter()
-            .position(|bound| value <= *bound)
+            .position(|bound| millis <= bound * 1000)
             .unwrap_or(DURATION_BUCKETS.len());
         if let Some(bucket) = self.buckets.get_mut(index) {
             *bucket += 1;
         }
-        self.sum += value;
+        self.sum_millis = self.sum_millis.saturating_add(millis);
         self.count += 1;
     }
+}
+
+/// A finish within the abort-ratio window: all the ratio is computed from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Finish {
+    pub project: Project,
+    pub aborted: bool,
 }
 
 /// How a run's span ends.
@@ -201,6 +236,21 @@ pub enum Key {
     Histogram(Project, Outcome),
     LastEvent(String),
     Outbox(u64),
+    Finish(Millis, u64),
+    Recent(u64),
+}
+
+impl Key {
+    /// True for the entries kept only to recognise a repeat (request ids and
+    /// ended runs): they live in the store and are read when a delivery
+    /// needs them, never held in memory between commits.
+    pub fn is_cold(&self, state: &State) -> bool {
+        match self {
+            Key::Dedup(_) => true,
+            Key::Run(id) => state.runs.get(id).is_none_or(|run| !run.is_running()),
+            _ => false,
+        }
+    }
 }
 
 /// One entry of the state as it was (`None`: absent), to undo a change.
@@ -213,6 +263,8 @@ pub enum Saved {
     Histogram(Option<Histogram>),
     LastEvent(Option<Millis>),
     Outbox(Option<SpanRecord>),
+    Finish(Option<Finish>),
+    Recent(Option<Run>),
 }
 
 /// The entries an apply touched, for the store to write (or delete, when the
@@ -257,10 +309,19 @@ fn put<K: Ord, V>(map: &mut BTreeMap<K, V>, key: K, value: Option<V>) {
 }
 
 /// Everything the exporter knows. Each map is one table of the store.
+///
+/// Two kinds of entry are *cold*: request ids (`dedup`) and runs that have
+/// ended. They exist only so that a repeat is recognised, and they are as
+/// many as the deliveries of a day, so the writer keeps them in the store
+/// alone: it reads the ones a group of inputs needs into these maps before
+/// applying it ([`Wanted`]) and drops them again once committed. Everything
+/// else, all that `/metrics` renders, stays in memory. The machine sees no
+/// difference: it always finds here every entry that its input can read.
 #[derive(Debug, Default, Clone, PartialEq)]
 pub struct State {
+    /// Runs now running, plus (while a group is applied) the ended runs it reads.
     pub runs: BTreeMap<u64, Run>,
-    /// Request id -> when it was first seen.
+    /// Request id -> when it was first seen (while a group is applied).
     pub dedup: HashMap<String, Millis>,
     pub load_tests: BTreeMap<u64, LoadTest>,
     pub counters: BTreeMap<CounterKey, u64>,
@@ -269,6 +330,34 @@ pub struct State {
     pub last_event: BTreeMap<String, Millis>,
     /// Spans not yet acknowledged by the collector, by run id.
     pub outbox: BTreeMap<u64, SpanRecord>,
+    /// Finishes within the abort-ratio window, by (finish time, run id).
+    pub finishes: BTreeMap<(Millis, u64), Finish>,
+    /// The `--runs.info-limit` most recently ended runs (finished or
+    /// expired), by run id: the runs API and `loadimpact_test_run_info`.
+    pub recent: BTreeMap<u64, Run>,
+}
+
+/// The cold entries a group of inputs may read: what the store must put in
+/// the state before the group is applied.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct Wanted {
+    pub request_ids: Vec<String>,
+    pub run_ids: Vec<u64>,
+}
+
+impl Wanted {
+    /// Adds what `input` may read.
+    pub fn add(&mut self, input: &Input) {
+        if let Input::Webhook {
+            request_id, event, ..
+        } = input
+        {
+            self.request_ids.extend(request_id.iter().cloned());
+            if let Event::Run(run) = event {
+                self.run_ids.push(run.load_test_run_id);
+            }
+        }
+    }
 }
 
 impl State {
@@ -294,6 +383,31 @@ impl State {
         *self.counters.entry(key).or_insert(0) += 1;
     }
 
+    /// A copy without the cold entries: what stays in memory between commits.
+    pub fn without_cold(&self) -> State {
+        let mut hot = self.clone();
+        hot.evict_cold();
+        hot
+    }
+
+    /// Drops every cold entry (once committed): what was fetched or made
+    /// for a group, whether or not the group changed it.
+    pub fn evict_cold(&mut self) {
+        self.runs.retain(|_, run| run.is_running());
+        self.dedup.clear();
+    }
+
+    /// The recent runs, most recently ended first.
+    pub fn recent_runs(&self) -> Vec<(u64, &Run, Millis, &'static str)> {
+        let mut runs: Vec<_> = self
+            .recent
+            .iter()
+            .filter_map(|(id, run)| run.ended().map(|(at, outcome)| (*id, run, at, outcome)))
+            .collect();
+        runs.sort_by_key(|(id, _, at, _)| (std::cmp::Reverse(*at), std::cmp::Reverse(*id)));
+        runs
+    }
+
     /// The entry named by `key`, as it is now.
     pub fn snapshot(&self, key: &Key) -> Saved {
         match key {
@@ -304,6 +418,8 @@ impl State {
             Key::Histogram(p, o) => Saved::Histogram(self.histograms.get(&(*p, *o)).cloned()),
             Key::LastEvent(e) => Saved::LastEvent(self.last_event.get(e).copied()),
             Key::Outbox(id) => Saved::Outbox(self.outbox.get(id).cloned()),
+            Key::Finish(at, id) => Saved::Finish(self.finishes.get(&(*at, *id)).copied()),
+            Key::Recent(id) => Saved::Recent(self.recent.get(id).cloned()),
         }
     }
 
@@ -316,6 +432,8 @@ impl State {
             (Key::Histogram(p, o), Saved::Histogram(v)) => put(&mut self.histograms, (*p, *o), v),
             (Key::LastEvent(e), Saved::LastEvent(v)) => put(&mut self.last_event, e.clone(), v),
             (Key::Outbox(id), Saved::Outbox(v)) => put(&mut self.outbox, *id, v),
+            (Key::Finish(at, id), Saved::Finish(v)) => put(&mut self.finishes, (*at, *id), v),
+            (Key::Recent(id), Saved::Recent(v)) => put(&mut self.recent, *id, v),
             (Key::Dedup(id), Saved::Dedup(v)) => match v {
                 Some(v) => {
                     self.dedup.insert(id.clone(), v);
@@ -356,7 +474,7 @@ pub struct Applied {
     pub run_id: Option<u64>,
     pub outcome: Option<Outcome>,
     pub status: Option<i64>,
-    pub duration_seconds: Option<f64>,
+    pub duration_millis: Option<u64>,
 }
 
 impl Applied {
@@ -368,7 +486,7 @@ impl Applied {
             run_id,
             outcome: None,
             status: None,
-            duration_seconds: None,
+            duration_millis: None,
         }
     }
 }
@@ -387,7 +505,8 @@ pub struct Machine {
     pub abort_window: Millis,
     /// With tracing on, the most spans the outbox holds; `None`: tracing off.
     pub spans_max_pending: Option<usize>,
-    /// How many recent runs `loadimpact_test_run_info` lists.
+    /// How many recently ended runs are kept for the runs API and
+    /// `loadimpact_test_run_info`.
     pub runs_info_limit: usize,
 }
 
@@ -415,6 +534,19 @@ impl Machine {
     /// repeated event for it and to compute the abort ratio over its window.
     pub fn run_retention(&self) -> Millis {
         self.dedup_ttl.max(self.abort_window)
+    }
+
+    /// True for an ended run that is past its retention at `now`: it is as
+    /// good as absent, whether or not a tick has removed it yet.
+    pub fn is_forgotten(&self, run: &Run, now: Millis) -> bool {
+        let ended = run.finished_at.is_some() || run.expired_at.is_some();
+        ended && run.last_event_at.saturating_add(self.run_retention()) <= now
+    }
+
+    /// True for a request id first seen at `seen` that no longer makes a
+    /// delivery at `now` a duplicate.
+    pub fn is_stale_id(&self, seen: Millis, now: Millis) -> bool {
+        seen.saturating_add(self.dedup_ttl) <= now
     }
 
     /// Applies one input. Returns what a webhook decided (`None` for other inputs).
@@ -465,7 +597,7 @@ impl Machine {
             state
                 .dedup
                 .get(id)
-                .is_some_and(|seen| seen.saturating_add(self.dedup_ttl) > at)
+                .is_some_and(|seen| !self.is_stale_id(*seen, at))
         });
         let applied = if seen_before {
             let run_id = match &event {
@@ -507,6 +639,13 @@ impl Machine {
     ) -> Applied {
         let run_id = event.load_test_run_id;
         changes.touch(state, Key::Run(run_id));
+        if state
+            .runs
+            .get(&run_id)
+            .is_some_and(|run| self.is_forgotten(run, at))
+        {
+            state.runs.remove(&run_id);
+        }
         let run = state.runs.entry(run_id).or_insert_with(|| Run {
             project: event.project,
             load_test_id: event.load_test_id,
@@ -565,6 +704,7 @@ impl Machine {
                 applied.result = EventResult::Accepted;
                 applied.outcome = Some(outcome);
                 applied.status = Some(event.status);
+                applied.duration_millis = run.duration_millis();
                 // An expired run already has its span (ended at the expiry).
                 let span = run.expired_at.is_none().then(|| {
                     run.span(
@@ -576,24 +716,54 @@ impl Machine {
                         },
                     )
                 });
-                if let Some(started) = run.started_at {
-                    let seconds = (at.saturating_sub(started)).max(0) as f64 / 1000.0;
-                    applied.duration_seconds = Some(seconds);
+                if let Some(millis) = applied.duration_millis {
                     changes.touch(state, Key::Histogram(project, outcome));
                     state
                         .histograms
                         .entry((project, outcome))
                         .or_default()
-                        .observe(seconds);
+                        .observe(millis);
                 }
+                changes.touch(state, Key::Finish(at, run_id));
+                state.finishes.insert(
+                    (at, run_id),
+                    Finish {
+                        project,
+                        aborted: outcome.is_abort(),
+                    },
+                );
                 state.bump(CounterKey::Finished(project, outcome), changes);
                 if let Some(span) = span {
                     self.enqueue_span(state, run_id, span, changes);
                 }
             }
         }
+        self.remember_if_ended(state, run_id, changes);
         self.touch_load_test(state, &event, project, &applied, at, changes);
         applied
+    }
+
+    /// Keeps the run among the recent runs if it has ended and is among the
+    /// `runs_info_limit` most recently ended ones (or updates its entry).
+    fn remember_if_ended(&self, state: &mut State, run_id: u64, changes: &mut Changes) {
+        let Some(run) = state.runs.get(&run_id).filter(|r| r.ended().is_some()) else {
+            return;
+        };
+        let run = run.clone();
+        changes.touch(state, Key::Recent(run_id));
+        state.recent.insert(run_id, run);
+        while state.recent.len() > self.runs_info_limit {
+            let oldest = state
+                .recent
+                .iter()
+                .filter_map(|(id, r)| r.ended().map(|(at, _)| (at, *id)))
+                .min();
+            let Some((_, id)) = oldest else {
+                break;
+            };
+            changes.touch(state, Key::Recent(id));
+            state.recent.remove(&id);
+        }
     }
 
     /// Puts a span in the outbox (tracing on), or counts it dropped when the
@@ -640,7 +810,7 @@ impl Machine {
                 last_status: None,
                 last_seen: at,
                 finished: BTreeMap::new(),
-                last_duration_seconds: None,
+                last_duration_millis: None,
             });
         test.last_seen = test.last_seen.max(at);
         if event.name.is_some() {
@@ -649,24 +819,22 @@ impl Machine {
         if let Some(outcome) = finished {
             test.last_status = Some(event.status);
             *test.finished.entry(outcome).or_insert(0) += 1;
-            if applied.duration_seconds.is_some() {
-                test.last_duration_seconds = applied.duration_seconds;
+            if applied.duration_millis.is_some() {
+                test.last_duration_millis = applied.duration_millis;
             }
         }
     }
 
     fn tick(&self, state: &mut State, now: Millis, changes: &mut Changes) {
-        let retention = self.run_retention();
         let mut expiring = Vec::new();
         let mut forgotten = Vec::new();
         for (id, run) in &state.runs {
             let overdue = run
                 .started_at
                 .is_some_and(|started| started.saturating_add(self.run_max_duration) <= now);
-            let ended = run.finished_at.is_some() || run.expired_at.is_some();
             if run.is_running() && overdue {
                 expiring.push(*id);
-            } else if ended && run.last_event_at.saturating_add(retention) <= now {
+            } else if self.is_forgotten(run, now) {
                 forgotten.push(*id);
             }
         }
@@ -680,16 +848,16 @@ impl Machine {
             let (project, span) = (run.project, run.span(now, SpanEnd::Expired));
             state.bump(CounterKey::Expired(project), changes);
             self.enqueue_span(state, id, span, changes);
+            self.remember_if_ended(state, id, changes);
         }
         for id in forgotten {
             changes.touch(state, Key::Run(id));
             state.runs.remove(&id);
         }
-        let ttl = self.dedup_ttl;
         let stale: Vec<String> = state
             .dedup
             .iter()
-            .filter(|(_, seen)| seen.saturating_add(ttl) <= now)
+            .filter(|(_, seen)| self.is_stale_id(**seen, now))
             .map(|(id, _)| id.clone())
             .collect();
         for id in stale {
@@ -707,6 +875,17 @@ impl Machine {
             changes.touch(state, Key::LoadTest(id));
             state.load_tests.remove(&id);
         }
+        // Finishes that left the abort-ratio window.
+        let since = now.saturating_sub(self.abort_window);
+        let left: Vec<(Millis, u64)> = state
+            .finishes
+            .range(..=(since, u64::MAX))
+            .map(|(key, _)| *key)
+            .collect();
+        for (at, id) in left {
+            changes.touch(state, Key::Finish(at, id));
+            state.finishes.remove(&(at, id));
+        }
     }
 
     /// Per project, the share of runs finished within the abort window (up to
@@ -715,16 +894,15 @@ impl Machine {
     pub fn abort_ratios(&self, state: &State, now: Millis) -> BTreeMap<Project, f64> {
         let mut counts: BTreeMap<Project, (u64, u64)> = BTreeMap::new();
         let since = now.saturating_sub(self.abort_window);
-        for run in state.runs.values() {
-            let (Some(finished), Some(outcome)) = (run.finished_at, run.outcome) else {
-                continue;
-            };
-            if finished > since && finished <= now {
-                let entry = counts.entry(run.project).or_default();
-                entry.1 += 1;
-                if outcome.is_abort() {
-                    entry.0 += 1;
-                }
+        for finish in state
+            .finishes
+            .range((since.saturating_add(1), 0)..=(now, u64::MAX))
+            .map(|(_, finish)| finish)
+        {
+            let entry = counts.entry(finish.project).or_default();
+            entry.1 += 1;
+            if finish.aborted {
+                entry.0 += 1;
             }
         }
         counts

@@ -9,7 +9,7 @@
 //! implementation of the same trait.
 
 use crate::outcome::Outcome;
-use crate::state::{Changes, Key, State};
+use crate::state::{Changes, Finish, Key, Machine, Millis, State, Wanted};
 use crate::webhook::Project;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use std::path::{Path, PathBuf};
@@ -31,12 +31,24 @@ fn db_err(e: impl std::fmt::Display) -> StoreError {
 }
 
 /// Where the state lives between restarts.
+///
+/// The state has hot entries, loaded at start and kept in memory, and cold
+/// ones (request ids, ended runs: see [`State`]) that stay in the store and
+/// are read on demand with [`Store::fetch`].
 pub trait Store: Send {
-    /// Reads the whole state.
+    /// Reads the hot part of the state: everything but the cold entries.
     fn load(&self) -> Result<State, StoreError>;
+    /// Copies into `state` the stored cold entries named in `wanted` that it
+    /// does not hold yet.
+    fn fetch(&self, state: &mut State, wanted: &Wanted) -> Result<(), StoreError>;
     /// Durably writes the entries named in `changes` as they are in `state`
     /// (deleting those no longer there). Returns only once durable.
     fn commit(&mut self, state: &State, changes: &Changes) -> Result<(), StoreError>;
+    /// Deletes some cold entries that no input can see any more at `now`
+    /// (see [`Machine::is_forgotten`] and [`Machine::is_stale_id`]): bounded
+    /// work per call, resuming where the last call stopped. Harmless to skip
+    /// or to lose in a crash, since such entries read as absent anyway.
+    fn prune(&mut self, now: Millis, machine: &Machine) -> Result<(), StoreError>;
     /// After a failed commit: make the store usable again if it can be, and
     /// return what is durably stored (the failed commit may or may not be in it).
     fn recover(&mut self) -> Result<State, StoreError> {
@@ -44,23 +56,47 @@ pub trait Store: Send {
     }
 }
 
+/// How many cold entries one [`Store::prune`] looks at, per table.
+const PRUNE_BATCH: usize = 2048;
+
+/// redb's page cache. The cold tables are read a few pages per delivery;
+/// the operating system's page cache serves the rest, so the process's
+/// memory does not grow with the store (redb's default is 1 GiB).
+const CACHE_BYTES: usize = 8 * 1024 * 1024;
+
+/// Runs now running (hot).
 const RUNS: TableDefinition<u64, &[u8]> = TableDefinition::new("runs");
+/// Runs that have ended, kept to recognise a repeat (cold).
+const ENDED_RUNS: TableDefinition<u64, &[u8]> = TableDefinition::new("ended_runs");
+/// Request id -> when first seen (cold).
 const DEDUP: TableDefinition<&str, i64> = TableDefinition::new("dedup");
 const LOAD_TESTS: TableDefinition<u64, &[u8]> = TableDefinition::new("load_tests");
 const COUNTERS: TableDefinition<&str, u64> = TableDefinition::new("counters");
 const HISTOGRAMS: TableDefinition<&str, &[u8]> = TableDefinition::new("histograms");
 const LAST_EVENT: TableDefinition<&str, i64> = TableDefinition::new("last_event");
 const OUTBOX: TableDefinition<u64, &[u8]> = TableDefinition::new("outbox");
+/// (finish time, run id) -> (organization id, project id, aborted).
+const FINISHES: TableDefinition<(i64, u64), (u64, u64, bool)> = TableDefinition::new("finishes");
+const RECENT: TableDefinition<u64, &[u8]> = TableDefinition::new("recent");
 const META: TableDefinition<&str, &str> = TableDefinition::new("meta");
 
-/// The layout version written in `meta`; a store of another version is refused.
-const SCHEMA_VERSION: &str = "1";
+/// The layout version written in `meta`. Version 1 (durations as float
+/// seconds, one table for all runs) is migrated on open; a newer one is refused.
+const SCHEMA_VERSION: &str = "2";
 
 /// The state in a redb database file, `loadimpact.redb` in the storage directory.
 pub struct RedbStore {
     /// `None` after an I/O error closed it, until `recover` reopens it.
     db: Option<Database>,
     path: PathBuf,
+    /// Where the next prune resumes in each cold table.
+    prune_from: PruneCursor,
+}
+
+#[derive(Debug, Default)]
+struct PruneCursor {
+    dedup: Option<String>,
+    ended_runs: Option<u64>,
 }
 
 impl RedbStore {
@@ -70,7 +106,11 @@ impl RedbStore {
             .map_err(|e| StoreError::Db(format!("cannot create {}: {e}", dir.display())))?;
         let path = dir.join("loadimpact.redb");
         let db = open_db(&path)?;
-        Ok(RedbStore { db: Some(db), path })
+        Ok(RedbStore {
+            db: Some(db),
+            path,
+            prune_from: PruneCursor::default(),
+        })
     }
 
     pub fn path(&self) -> &Path {
@@ -84,10 +124,12 @@ impl RedbStore {
     }
 }
 
-/// Opens the database file and makes sure every table exists and the layout
-/// version is this build's.
+/// Opens the database file, makes sure every table exists, and brings an
+/// older layout up to this build's.
 fn open_db(path: &Path) -> Result<Database, StoreError> {
-    let db = Database::create(path)
+    let db = Database::builder()
+        .set_cache_size(CACHE_BYTES)
+        .create(path)
         .map_err(|e| StoreError::Db(format!("cannot open {}: {e}", path.display())))?;
     let txn = db.begin_write().map_err(db_err)?;
     {
@@ -96,30 +138,96 @@ fn open_db(path: &Path) -> Result<Database, StoreError> {
             .get("schema_version")
             .map_err(db_err)?
             .map(|v| v.value().to_owned());
-        match version {
-            None => {
-                meta.insert("schema_version", SCHEMA_VERSION)
-                    .map_err(db_err)?;
+        match version.as_deref() {
+            None => {}
+            Some(SCHEMA_VERSION) => {}
+            Some("1") => {
+                migrate_from_v1(&txn)?;
+                tracing::info!(path = %path.display(), "store migrated from layout 1 to 2");
             }
-            Some(v) if v == SCHEMA_VERSION => {}
             Some(v) => {
                 return Err(StoreError::Db(format!(
-                    "{} has schema version {v}; this build reads version {SCHEMA_VERSION}",
+                    "{} has schema version {v}; this build reads versions 1 and {SCHEMA_VERSION}",
                     path.display()
                 )));
             }
         }
+        meta.insert("schema_version", SCHEMA_VERSION)
+            .map_err(db_err)?;
         // Create every table so that reads never meet a missing one.
         txn.open_table(RUNS).map_err(db_err)?;
+        txn.open_table(ENDED_RUNS).map_err(db_err)?;
         txn.open_table(DEDUP).map_err(db_err)?;
         txn.open_table(LOAD_TESTS).map_err(db_err)?;
         txn.open_table(COUNTERS).map_err(db_err)?;
         txn.open_table(HISTOGRAMS).map_err(db_err)?;
         txn.open_table(LAST_EVENT).map_err(db_err)?;
         txn.open_table(OUTBOX).map_err(db_err)?;
+        txn.open_table(FINISHES).map_err(db_err)?;
+        txn.open_table(RECENT).map_err(db_err)?;
     }
     txn.commit().map_err(db_err)?;
     Ok(db)
+}
+
+/// Layout 1 kept durations as float seconds (`sum`, `last_duration_seconds`)
+/// and every run in `runs`. Durations become whole milliseconds; ended runs
+/// move to `ended_runs`. The abort window and the recent runs, derived from
+/// the runs in layout 1, start afresh.
+fn migrate_from_v1(txn: &redb::WriteTransaction) -> Result<(), StoreError> {
+    use serde_json::Value;
+    let to_millis = |seconds: &Value| {
+        seconds
+            .as_f64()
+            .map(|s| serde_json::json!((s * 1000.0).round().max(0.0) as u64))
+    };
+    let mut histograms = txn.open_table(HISTOGRAMS).map_err(db_err)?;
+    let mut updated = Vec::new();
+    for entry in histograms.iter().map_err(db_err)? {
+        let (k, v) = entry.map_err(db_err)?;
+        let mut h: Value = from_json("histograms", v.value())?;
+        if let Some(object) = h.as_object_mut() {
+            let sum = object.remove("sum").and_then(|s| to_millis(&s));
+            object.insert("sum_millis".into(), sum.unwrap_or(serde_json::json!(0)));
+        }
+        updated.push((k.value().to_owned(), to_json(&h)?));
+    }
+    for (k, v) in updated {
+        histograms
+            .insert(k.as_str(), v.as_slice())
+            .map_err(db_err)?;
+    }
+    let mut load_tests = txn.open_table(LOAD_TESTS).map_err(db_err)?;
+    let mut updated = Vec::new();
+    for entry in load_tests.iter().map_err(db_err)? {
+        let (k, v) = entry.map_err(db_err)?;
+        let mut t: Value = from_json("load_tests", v.value())?;
+        if let Some(object) = t.as_object_mut() {
+            let last = object
+                .remove("last_duration_seconds")
+                .and_then(|s| to_millis(&s));
+            object.insert("last_duration_millis".into(), last.unwrap_or(Value::Null));
+        }
+        updated.push((k.value(), to_json(&t)?));
+    }
+    for (k, v) in updated {
+        load_tests.insert(k, v.as_slice()).map_err(db_err)?;
+    }
+    let mut runs = txn.open_table(RUNS).map_err(db_err)?;
+    let mut ended = txn.open_table(ENDED_RUNS).map_err(db_err)?;
+    let mut moved = Vec::new();
+    for entry in runs.iter().map_err(db_err)? {
+        let (k, v) = entry.map_err(db_err)?;
+        let run: crate::state::Run = from_json("runs", v.value())?;
+        if !run.is_running() {
+            moved.push((k.value(), v.value().to_vec()));
+        }
+    }
+    for (k, v) in moved {
+        ended.insert(k, v.as_slice()).map_err(db_err)?;
+        runs.remove(k).map_err(db_err)?;
+    }
+    Ok(())
 }
 
 fn to_json<T: serde::Serialize>(value: &T) -> Result<Vec<u8>, StoreError> {
@@ -189,10 +297,6 @@ impl Store for RedbStore {
             s.runs.insert(k, from_json("runs", v)?);
             Ok(())
         })?;
-        each(&txn, DEDUP, |k, v| {
-            s.dedup.insert(k.to_owned(), v);
-            Ok(())
-        })?;
         each(&txn, LOAD_TESTS, |k, v| {
             s.load_tests.insert(k, from_json("load_tests", v)?);
             Ok(())
@@ -214,7 +318,49 @@ impl Store for RedbStore {
             s.outbox.insert(k, from_json("outbox", v)?);
             Ok(())
         })?;
+        each(
+            &txn,
+            FINISHES,
+            |(at, id), (organization_id, project_id, aborted)| {
+                let project = Project {
+                    organization_id,
+                    project_id,
+                };
+                s.finishes.insert((at, id), Finish { project, aborted });
+                Ok(())
+            },
+        )?;
+        each(&txn, RECENT, |k, v| {
+            s.recent.insert(k, from_json("recent", v)?);
+            Ok(())
+        })?;
         Ok(s)
+    }
+
+    fn fetch(&self, state: &mut State, wanted: &Wanted) -> Result<(), StoreError> {
+        if wanted.request_ids.is_empty() && wanted.run_ids.is_empty() {
+            return Ok(());
+        }
+        let txn = self.db()?.begin_read().map_err(db_err)?;
+        let dedup = txn.open_table(DEDUP).map_err(db_err)?;
+        for id in &wanted.request_ids {
+            if !state.dedup.contains_key(id) {
+                if let Some(seen) = dedup.get(id.as_str()).map_err(db_err)? {
+                    state.dedup.insert(id.clone(), seen.value());
+                }
+            }
+        }
+        let ended = txn.open_table(ENDED_RUNS).map_err(db_err)?;
+        for id in &wanted.run_ids {
+            if !state.runs.contains_key(id) {
+                if let Some(run) = ended.get(*id).map_err(db_err)? {
+                    state
+                        .runs
+                        .insert(*id, from_json("ended_runs", run.value())?);
+                }
+            }
+        }
+        Ok(())
     }
 
     fn commit(&mut self, state: &State, changes: &Changes) -> Result<(), StoreError> {
@@ -225,15 +371,25 @@ impl Store for RedbStore {
         let txn = self.db()?.begin_write().map_err(db_err)?;
         {
             let mut runs = txn.open_table(RUNS).map_err(db_err)?;
+            let mut ended = txn.open_table(ENDED_RUNS).map_err(db_err)?;
             let mut dedup = txn.open_table(DEDUP).map_err(db_err)?;
             let mut load_tests = txn.open_table(LOAD_TESTS).map_err(db_err)?;
             let mut counters = txn.open_table(COUNTERS).map_err(db_err)?;
             let mut histograms = txn.open_table(HISTOGRAMS).map_err(db_err)?;
             let mut last_event = txn.open_table(LAST_EVENT).map_err(db_err)?;
             let mut outbox = txn.open_table(OUTBOX).map_err(db_err)?;
+            let mut finishes = txn.open_table(FINISHES).map_err(db_err)?;
+            let mut recent = txn.open_table(RECENT).map_err(db_err)?;
             for key in &changes.keys {
                 match key {
-                    Key::Run(id) => put_or_remove(&mut runs, *id, state.runs.get(id))?,
+                    Key::Run(id) => {
+                        // A run lives in exactly one of the two tables.
+                        let run = state.runs.get(id);
+                        let running = run.filter(|r| r.is_running());
+                        let over = run.filter(|r| !r.is_running());
+                        put_or_remove(&mut runs, *id, running)?;
+                        put_or_remove(&mut ended, *id, over)?;
+                    }
                     Key::Dedup(id) => match state.dedup.get(id) {
                         Some(seen) => {
                             dedup.insert(id.as_str(), *seen).map_err(db_err)?;
@@ -265,17 +421,83 @@ impl Store for RedbStore {
                             last_event.insert(event.as_str(), *at).map_err(db_err)?;
                         }
                     }
+                    Key::Finish(at, id) => match state.finishes.get(&(*at, *id)) {
+                        Some(f) => {
+                            let value =
+                                (f.project.organization_id, f.project.project_id, f.aborted);
+                            finishes.insert((*at, *id), value).map_err(db_err)?;
+                        }
+                        None => {
+                            finishes.remove((*at, *id)).map_err(db_err)?;
+                        }
+                    },
+                    Key::Recent(id) => put_or_remove(&mut recent, *id, state.recent.get(id))?,
                 }
             }
         }
         txn.commit().map_err(db_err)
     }
+
+    fn prune(&mut self, now: Millis, machine: &Machine) -> Result<(), StoreError> {
+        let mut txn = self.db()?.begin_write().map_err(db_err)?;
+        // No fsync of its own: the next durable commit carries it, and a
+        // prune lost in a crash is made again.
+        txn.set_durability(redb::Durability::None).map_err(db_err)?;
+        {
+            let mut dedup = txn.open_table(DEDUP).map_err(db_err)?;
+            let from = self.prune_from.dedup.take().unwrap_or_default();
+            let (mut stale, mut seen, mut last) = (Vec::new(), 0, None);
+            for entry in dedup
+                .range(from.as_str()..)
+                .map_err(db_err)?
+                .take(PRUNE_BATCH)
+            {
+                let (k, v) = entry.map_err(db_err)?;
+                if machine.is_stale_id(v.value(), now) {
+                    stale.push(k.value().to_owned());
+                }
+                last = Some(k.value().to_owned());
+                seen += 1;
+            }
+            for id in &stale {
+                dedup.remove(id.as_str()).map_err(db_err)?;
+            }
+            // Resume just after the last key looked at, or from the start
+            // once the end was reached.
+            self.prune_from.dedup = last.filter(|_| seen == PRUNE_BATCH).map(|mut k| {
+                k.push('\0');
+                k
+            });
+
+            let mut ended = txn.open_table(ENDED_RUNS).map_err(db_err)?;
+            let from = self.prune_from.ended_runs.take().unwrap_or(0);
+            let (mut forgotten, mut seen, mut last) = (Vec::new(), 0, None);
+            for entry in ended.range(from..).map_err(db_err)?.take(PRUNE_BATCH) {
+                let (k, v) = entry.map_err(db_err)?;
+                let run: crate::state::Run = from_json("ended_runs", v.value())?;
+                if machine.is_forgotten(&run, now) {
+                    forgotten.push(k.value());
+                }
+                last = Some(k.value());
+                seen += 1;
+            }
+            for id in forgotten {
+                ended.remove(id).map_err(db_err)?;
+            }
+            self.prune_from.ended_runs = last
+                .filter(|_| seen == PRUNE_BATCH)
+                .and_then(|k| k.checked_add(1));
+        }
+        txn.commit().map_err(db_err)
+    }
 }
 
-/// The store contract in memory: what a commit wrote is what `load` returns.
-/// For tests; `fail_commits` makes commits fail, as a full disk would.
+/// The store contract in memory: what a commit wrote is what `load` (hot
+/// entries) and `fetch` (cold ones) return. For tests; `fail_commits` makes
+/// commits fail, as a full disk would.
 #[derive(Debug, Default)]
 pub struct MemoryStore {
+    /// Every entry committed, hot and cold.
     pub committed: State,
     pub commits: u64,
     pub fail_commits: bool,
@@ -283,7 +505,23 @@ pub struct MemoryStore {
 
 impl Store for MemoryStore {
     fn load(&self) -> Result<State, StoreError> {
-        Ok(self.committed.clone())
+        Ok(self.committed.without_cold())
+    }
+
+    fn fetch(&self, state: &mut State, wanted: &Wanted) -> Result<(), StoreError> {
+        for id in &wanted.request_ids {
+            if let (false, Some(seen)) =
+                (state.dedup.contains_key(id), self.committed.dedup.get(id))
+            {
+                state.dedup.insert(id.clone(), *seen);
+            }
+        }
+        for id in &wanted.run_ids {
+            if let (false, Some(run)) = (state.runs.contains_key(id), self.committed.runs.get(id)) {
+                state.runs.insert(*id, run.clone());
+            }
+        }
+        Ok(())
     }
 
     fn commit(&mut self, state: &State, changes: &Changes) -> Result<(), StoreError> {
@@ -294,6 +532,16 @@ impl Store for MemoryStore {
             copy_entry(&mut self.committed, state, key);
         }
         self.commits += 1;
+        Ok(())
+    }
+
+    fn prune(&mut self, now: Millis, machine: &Machine) -> Result<(), StoreError> {
+        self.committed
+            .dedup
+            .retain(|_, seen| !machine.is_stale_id(*seen, now));
+        self.committed
+            .runs
+            .retain(|_, run| !machine.is_forgotten(run, now));
         Ok(())
     }
 }
@@ -355,7 +603,7 @@ mod tests {
         drop(store);
 
         let store = RedbStore::open(dir.path()).expect("reopen");
-        assert_eq!(store.load().expect("load"), state);
+        check_contract(&store, &state);
 
         // Forget everything: deletions must reach the store too.
         let mut store = store;
@@ -365,7 +613,109 @@ mod tests {
         machine.apply(&mut state, Input::Tick { now: i64::MAX / 2 }, &mut changes);
         assert!(state.runs.is_empty() && state.dedup.is_empty() && state.load_tests.is_empty());
         store.commit(&state, &changes).expect("commit");
-        assert_eq!(store.load().expect("load"), state);
+        check_contract(&store, &state);
+    }
+
+    /// What `load` returns is the hot part of `state`, and `fetch` brings
+    /// back every cold entry it has.
+    fn check_contract(store: &dyn Store, state: &State) {
+        let mut loaded = store.load().expect("load");
+        assert_eq!(loaded, state.without_cold());
+        let wanted = Wanted {
+            request_ids: state.dedup.keys().cloned().collect(),
+            run_ids: (0..=10).collect(),
+        };
+        store.fetch(&mut loaded, &wanted).expect("fetch");
+        assert_eq!(&loaded, state);
+    }
+
+    #[test]
+    fn a_layout_1_store_is_migrated() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("loadimpact.redb");
+        {
+            let db = Database::create(&path).expect("create");
+            let txn = db.begin_write().expect("write");
+            {
+                let mut meta = txn.open_table(META).expect("meta");
+                meta.insert("schema_version", "1").expect("version");
+                let mut h = txn.open_table(HISTOGRAMS).expect("histograms");
+                let key = r#"[{"organization_id":1,"project_id":2},"finished"]"#;
+                let old =
+                    r#"{"buckets":[1,0,0,0,0,0,0,0,0,0,0,0,0,0,1],"sum":100000.239,"count":2}"#;
+                h.insert(key, old.as_bytes()).expect("histogram");
+                let mut t = txn.open_table(LOAD_TESTS).expect("load tests");
+                let old = r#"{"project":{"organization_id":1,"project_id":2},"name":null,"last_status":3,"last_seen":5,"finished":{},"last_duration_seconds":0.239}"#;
+                t.insert(7, old.as_bytes()).expect("load test");
+                let mut runs = txn.open_table(RUNS).expect("runs");
+                let ended = r#"{"project":{"organization_id":1,"project_id":2},"load_test_id":7,"user_id":null,"name":null,"started_at":1,"finished_at":5,"expired_at":null,"status":3,"status_text":null,"outcome":"finished","last_event_at":5}"#;
+                runs.insert(1, ended.as_bytes()).expect("run");
+                let running = r#"{"project":{"organization_id":1,"project_id":2},"load_test_id":7,"user_id":null,"name":null,"started_at":1,"finished_at":null,"expired_at":null,"status":null,"status_text":null,"outcome":null,"last_event_at":1}"#;
+                runs.insert(2, running.as_bytes()).expect("run");
+            }
+            txn.commit().expect("commit");
+        }
+        let store = RedbStore::open(dir.path()).expect("migrated");
+        let mut state = store.load().expect("load");
+        let project = Project {
+            organization_id: 1,
+            project_id: 2,
+        };
+        let h = &state.histograms[&(project, Outcome::Finished)];
+        assert_eq!((h.sum_millis, h.count), (100_000_239, 2));
+        assert_eq!(state.load_tests[&7].last_duration_millis, Some(239));
+        assert_eq!(
+            state.runs.keys().collect::<Vec<_>>(),
+            [&2],
+            "only the running run is hot"
+        );
+        let wanted = Wanted {
+            run_ids: vec![1],
+            ..Wanted::default()
+        };
+        store.fetch(&mut state, &wanted).expect("fetch");
+        assert_eq!(state.runs[&1].finished_at, Some(5));
+        drop(store);
+        // Opening it again finds layout 2 and changes nothing.
+        let store = RedbStore::open(dir.path()).expect("reopen");
+        assert_eq!(store.load().expect("load").histograms.len(), 1);
+    }
+
+    #[test]
+    fn prune_forgets_only_what_no_input_can_see() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let machine = Machine::default();
+        let mut state = State::default();
+        let mut store = RedbStore::open(dir.path()).expect("open");
+        let mut changes = Changes::default();
+        for run in 1..=3 {
+            machine.apply(
+                &mut state,
+                run_event(RunEventKind::Finished, run, 12),
+                &mut changes,
+            );
+        }
+        store.commit(&state, &changes).expect("commit");
+        let everything = Wanted {
+            request_ids: state.dedup.keys().cloned().collect(),
+            run_ids: vec![1, 2, 3],
+        };
+        let cold = |store: &RedbStore| {
+            let mut s = State::default();
+            store.fetch(&mut s, &everything).expect("fetch");
+            (s.dedup.len(), s.runs.len())
+        };
+        // Within every retention: nothing goes.
+        store
+            .prune(1_000 + machine.dedup_ttl - 10, &machine)
+            .expect("prune");
+        assert_eq!(cold(&store), (3, 3));
+        // Past them: everything goes, and the hot part stays.
+        store
+            .prune(10_000 + machine.run_retention(), &machine)
+            .expect("prune");
+        assert_eq!(cold(&store), (0, 0));
+        assert_eq!(store.load().expect("load"), state.without_cold());
     }
 
     #[test]
@@ -380,6 +730,6 @@ mod tests {
             &mut changes,
         );
         store.commit(&state, &changes).expect("commit");
-        assert_eq!(store.load().expect("load"), state);
+        check_contract(&store, &state);
     }
 }

@@ -12,7 +12,7 @@
 //! entry that is not yet durable. A failed commit reloads the state from the
 //! store and answers every request of the group with an error (503).
 
-use crate::state::{Applied, Changes, CounterKey, Input, Key, Machine, State};
+use crate::state::{Applied, Changes, CounterKey, Input, Key, Machine, State, Wanted};
 use crate::store::Store;
 use prometheus::{Histogram, HistogramOpts, IntCounter, Registry};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -169,37 +169,91 @@ pub fn spawn(
 ) -> std::io::Result<(WriterHandle, std::thread::JoinHandle<()>)> {
     let (tx, rx) = mpsc::channel(MAX_GROUP * 4);
     shared.ready.store(true, Ordering::Release);
+    let writer = Writer {
+        store,
+        shared,
+        metrics,
+        carried: Changes::default(),
+        unstored_503s: 0,
+    };
     let thread = std::thread::Builder::new()
         .name("store-writer".into())
-        .spawn(move || run(store, shared, metrics, rx))?;
+        .spawn(move || writer.run(rx))?;
     Ok((WriterHandle { tx }, thread))
 }
 
-fn run(
-    mut store: Box<dyn Store>,
+/// The writer thread's own state.
+struct Writer {
+    store: Box<dyn Store>,
+    /// The state it alone changes, and the flags readers look at.
     shared: Arc<Shared>,
     metrics: WriterMetrics,
-    mut rx: mpsc::Receiver<Request>,
-) {
-    // Entries changed but not yet committed (counts of 503s after a failure).
-    let mut carried = Changes::default();
-    // 503 answers not yet in the store; re-applied after every reload.
-    let mut unstored_503s: u64 = 0;
-    while let Some(first) = rx.blocking_recv() {
-        let mut group = vec![first];
-        while group.len() < MAX_GROUP {
-            match rx.try_recv() {
-                Ok(request) => group.push(request),
-                Err(_) => break,
+    /// Entries changed but not yet committed: the counts of 503s answered
+    /// after a failure, written with the next commit.
+    carried: Changes,
+    /// 503 answers not yet in the store; re-applied after every reload.
+    unstored_503s: u64,
+}
+
+/// What one group's answers wait on.
+type Replies = Vec<(Reply, Option<Applied>)>;
+
+impl Writer {
+    /// Takes every group off the channel until it closes, then stores what
+    /// is left over.
+    fn run(mut self, mut rx: mpsc::Receiver<Request>) {
+        while let Some(first) = rx.blocking_recv() {
+            let mut group = vec![first];
+            while group.len() < MAX_GROUP {
+                match rx.try_recv() {
+                    Ok(request) => group.push(request),
+                    Err(_) => break,
+                }
+            }
+            self.group(group);
+        }
+        self.shared.ready.store(false, Ordering::Release);
+        if !self.carried.is_empty() {
+            let state = self.shared.read();
+            if let Err(e) = self.store.commit(&state, &self.carried) {
+                tracing::warn!(error = %e, "final commit failed");
             }
         }
+        tracing::info!("store writer stopped; store closed");
+    }
+
+    /// Applies one group and commits it: reads the cold entries it needs,
+    /// applies every input in order, commits once, drops the cold entries
+    /// again, and answers each request only then.
+    fn group(&mut self, group: Vec<Request>) {
         let started = Instant::now();
-        let mut state = shared.write();
-        let mut changes = std::mem::take(&mut carried);
-        let dropped_before = state.counter(&CounterKey::SpansDropped);
         let group_len = group.len();
+        let shared = self.shared.clone();
+        let mut state = shared.write();
+        let mut wanted = Wanted::default();
+        let mut tick = None;
+        for request in &group {
+            wanted.add(&request.input);
+            if let Input::Tick { now } = request.input {
+                tick = tick.max(Some(now));
+            }
+        }
+        let webhooks = group
+            .iter()
+            .filter(|r| r.reply.is_some() && matches!(r.input, Input::Webhook { .. }))
+            .count() as u64;
+        if let Err(e) = self.store.fetch(&mut state, &wanted) {
+            let replies = group
+                .into_iter()
+                .filter_map(|r| r.reply.map(|reply| (reply, None)))
+                .collect();
+            self.failed(&mut state, Changes::default(), webhooks, replies, e);
+            return;
+        }
+        let mut changes = std::mem::take(&mut self.carried);
+        let dropped_before = state.counter(&CounterKey::SpansDropped);
         let mut replies = Vec::with_capacity(group_len);
-        for request in group.drain(..) {
+        for request in group {
             let applied = shared
                 .machine
                 .apply(&mut state, request.input, &mut changes);
@@ -210,74 +264,83 @@ fn run(
         if changes.is_empty() {
             drop(state);
             answer(replies, Ok(()));
-            continue;
+            return;
         }
-        match store.commit(&state, &changes) {
-            Ok(()) => {
-                unstored_503s = 0;
-                let dropped = state
-                    .counter(&CounterKey::SpansDropped)
-                    .saturating_sub(dropped_before);
-                let pending = state.outbox.len();
-                drop(state);
-                if dropped > 0 {
-                    tracing::warn!(
-                        dropped,
-                        pending,
-                        "span outbox is full (--otlp.max-pending): spans dropped"
-                    );
-                }
-                if changes.keys.iter().any(|k| matches!(k, Key::Outbox(_))) {
-                    shared.outbox_notify.notify_one();
-                }
-                metrics.commits.inc();
-                metrics.group_size.observe(group_len as f64);
-                metrics.duration.observe(started.elapsed().as_secs_f64());
-                shared.ready.store(true, Ordering::Release);
-                log_accepted(&replies);
-                answer(replies, Ok(()));
-            }
-            Err(e) => {
-                metrics.failures.inc();
-                tracing::error!(error = %e, inputs = replies.len(), "commit failed; answering 503 so the senders retry");
-                unstored_503s += replies.iter().filter(|(_, a)| a.is_some()).count() as u64;
-                // Nothing that was not stored may show: undo the group (back
-                // to the last commit), then reopen the store (redb refuses
-                // writes after an I/O error) and read back what is durable.
-                changes.undo(&mut state);
-                match store.recover() {
-                    Ok(durable) => {
-                        *state = durable;
-                        shared.store_failed.store(false, Ordering::Release);
-                        shared.ready.store(true, Ordering::Release);
-                        tracing::info!("store reopened after the failed commit");
-                    }
-                    Err(reopen) => {
-                        tracing::error!(error = %reopen, "cannot reopen the store; not ready, not healthy");
-                        shared.store_failed.store(true, Ordering::Release);
-                        shared.ready.store(false, Ordering::Release);
-                    }
-                }
-                // Count every 503 not yet stored; written with the next commit.
-                carried = Changes::default();
-                for _ in 0..unstored_503s {
-                    shared
-                        .machine
-                        .apply(&mut state, Input::Rejected { code: 503 }, &mut carried);
-                }
-                drop(state);
-                answer(replies, Err(WriteError::Store(e.to_string())));
+        if let Err(e) = self.store.commit(&state, &changes) {
+            self.failed(&mut state, changes, webhooks, replies, e);
+            return;
+        }
+        self.unstored_503s = 0;
+        state.evict_cold();
+        if let Some(now) = tick {
+            if let Err(e) = self.store.prune(now, &shared.machine) {
+                tracing::warn!(error = %e, "pruning old request ids and runs failed; retried next tick");
             }
         }
-    }
-    shared.ready.store(false, Ordering::Release);
-    if !carried.is_empty() {
-        let state = shared.read();
-        if let Err(e) = store.commit(&state, &carried) {
-            tracing::warn!(error = %e, "final commit failed");
+        let dropped = state
+            .counter(&CounterKey::SpansDropped)
+            .saturating_sub(dropped_before);
+        let pending = state.outbox.len();
+        drop(state);
+        if dropped > 0 {
+            tracing::warn!(
+                dropped,
+                pending,
+                "span outbox is full (--otlp.max-pending): spans dropped"
+            );
         }
+        if changes.keys.iter().any(|k| matches!(k, Key::Outbox(_))) {
+            shared.outbox_notify.notify_one();
+        }
+        self.metrics.commits.inc();
+        self.metrics.group_size.observe(group_len as f64);
+        self.metrics
+            .duration
+            .observe(started.elapsed().as_secs_f64());
+        shared.ready.store(true, Ordering::Release);
+        log_accepted(&replies);
+        answer(replies, Ok(()));
     }
-    tracing::info!("store writer stopped; store closed");
+
+    /// A group could not be stored: nothing of it may show. Undoes it (back
+    /// to the last commit), reopens the store (redb refuses writes after an
+    /// I/O error), reads back what is durable, and answers the whole group
+    /// with the error (503: the senders retry). The 503s are counted, and
+    /// written with the next commit.
+    fn failed(
+        &mut self,
+        state: &mut State,
+        changes: Changes,
+        webhooks: u64,
+        replies: Replies,
+        e: crate::store::StoreError,
+    ) {
+        self.metrics.failures.inc();
+        tracing::error!(error = %e, inputs = replies.len(), "commit failed; answering 503 so the senders retry");
+        self.unstored_503s += webhooks;
+        changes.undo(state);
+        match self.store.recover() {
+            Ok(durable) => {
+                *state = durable;
+                self.shared.store_failed.store(false, Ordering::Release);
+                self.shared.ready.store(true, Ordering::Release);
+                tracing::info!("store reopened after the failed commit");
+            }
+            Err(reopen) => {
+                tracing::error!(error = %reopen, "cannot reopen the store; not ready, not healthy");
+                self.shared.store_failed.store(true, Ordering::Release);
+                self.shared.ready.store(false, Ordering::Release);
+            }
+        }
+        // Count every 503 not yet stored; written with the next commit.
+        self.carried = Changes::default();
+        for _ in 0..self.unstored_503s {
+            self.shared
+                .machine
+                .apply(state, Input::Rejected { code: 503 }, &mut self.carried);
+        }
+        answer(replies, Err(WriteError::Store(e.to_string())));
+    }
 }
 
 fn answer(replies: Vec<(Reply, Option<Applied>)>, outcome: Result<(), WriteError>) {
@@ -295,7 +358,7 @@ fn log_accepted(replies: &[(Reply, Option<Applied>)]) {
             run_id = applied.run_id,
             outcome = applied.outcome.map(|o| o.as_str()),
             status = applied.status,
-            duration_seconds = applied.duration_seconds,
+            duration_seconds = applied.duration_millis.map(crate::state::seconds),
             "webhook applied"
         );
         if applied.outcome == Some(crate::outcome::Outcome::Unknown) {
@@ -368,7 +431,10 @@ mod tests {
                 Some(crate::state::EventResult::Accepted)
             );
         }
-        assert_eq!(shared.read().dedup.len(), 200);
+        let state = shared.read();
+        assert_eq!(state.counter(&CounterKey::Requests { code: 200 }), 200);
+        assert!(state.dedup.is_empty(), "request ids are not kept in memory");
+        drop(state);
         drop(handle);
         thread.join().expect("writer thread");
     }

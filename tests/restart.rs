@@ -190,6 +190,76 @@ fn kill_9_and_sigterm_restarts_keep_every_metric_exactly() {
     assert!(api_run(&api, "running", 3001).is_some(), "{api}");
 }
 
+/// The exposition as text, less the process's own telemetry: every line
+/// (HELP, TYPE and samples) of every `loadimpact_*` family that the webhooks
+/// produced.
+fn webhook_exposition(exporter: &Exporter) -> Vec<String> {
+    exporter
+        .scrape()
+        .lines()
+        .filter(|line| {
+            let name = line
+                .trim_start_matches("# HELP ")
+                .trim_start_matches("# TYPE ");
+            name.starts_with("loadimpact_") && !name.starts_with(PER_PROCESS_PREFIX)
+        })
+        .map(str::to_owned)
+        .collect()
+}
+
+#[test]
+fn every_sample_reads_byte_for_byte_the_same_after_restarts() {
+    let mut exporter = Exporter::start(&[]);
+    // 1,200 runs over 60 projects and several outcomes, durations of a few
+    // milliseconds each: sums of such durations are what a float store
+    // could not give back exactly.
+    let runs: Vec<Run> = (0..1200u64)
+        .map(|i| Run::new(1 + i % 3, 100 + i % 60, 500 + i % 97, 70_000 + i))
+        .collect();
+    let outcomes: [(i64, Option<&str>); 3] = [
+        (3, Some("Finished")),
+        (12, Some("Failed threshold")),
+        (6, Some("Aborted by user")),
+    ];
+    for chunk in runs.chunks(50) {
+        for run in chunk {
+            post_expect(&exporter, &run.started(), "accepted");
+        }
+        for run in chunk {
+            // Each project's runs go through every outcome.
+            let i = (run.id - 70_000) as usize;
+            let (status, text) = outcomes[(i / 60) % outcomes.len()];
+            post_expect(&exporter, &run.finished(status, text), "accepted");
+        }
+    }
+    let before = webhook_exposition(&exporter);
+    let sums = before
+        .iter()
+        .filter(|l| l.starts_with("loadimpact_test_run_duration_seconds_sum"))
+        .count();
+    assert_eq!(sums, 60 * outcomes.len(), "duration sums: {before:#?}");
+
+    exporter.kill9();
+    exporter.restart();
+    assert_same_lines(&before, &webhook_exposition(&exporter), "after kill -9");
+
+    let status = exporter.terminate();
+    assert!(status.success(), "SIGTERM exit status: {status}");
+    exporter.restart();
+    assert_same_lines(&before, &webhook_exposition(&exporter), "after SIGTERM");
+}
+
+/// Fails with the lines that differ, if any.
+fn assert_same_lines(before: &[String], after: &[String], what: &str) {
+    let gone: Vec<&String> = before.iter().filter(|l| !after.contains(l)).collect();
+    let new: Vec<&String> = after.iter().filter(|l| !before.contains(l)).collect();
+    assert!(
+        gone.is_empty() && new.is_empty() && before == after,
+        "{what}: {} lines differ\nbefore: {gone:#?}\nafter: {new:#?}",
+        gone.len().max(new.len())
+    );
+}
+
 /// Threads posting starts of distinct runs (thread `t` in project `50 + t`)
 /// as fast as they can, until told to stop or the connection fails.
 struct Load {
