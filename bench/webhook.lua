@@ -1,6 +1,6 @@
 -- wrk script for bench/run.sh: every request is a distinct, valid delivery.
 --
---   wrk ... -s bench/webhook.lua URL -- MODE PHASE [LAG]
+--   wrk ... -s bench/webhook.lua URL -- MODE PHASE [LAG [PROJECTS LOAD_TESTS [QUOTA]]]
 --
 -- MODE  "webhook": POST Load Impact webhooks to the exporter's /webhook.
 --       "push":    POST a one-line metric to a Pushgateway's /metrics/job/bench
@@ -12,6 +12,12 @@
 --       2000 per thread). The start of a run is answered long before its finish
 --       is sent, so no finish overtakes its start (which would make the late
 --       start "ignored" instead of "accepted").
+-- PROJECTS, LOAD_TESTS  how many of each the runs spread over (default 1 and
+--       8): load test = 1 + run % LOAD_TESTS, project = 1 + load test % PROJECTS.
+-- QUOTA deliveries per thread (even, > 2 LAG); past it the thread sends
+--       GET /-/healthy instead. The last LAG steps before it are finishes
+--       only, so exactly QUOTA / 2 runs start and finish. bench/fill.lua stops
+--       the thread there.
 --
 -- Per thread, step j (0-based) sends:
 --   j < LAG                : test.started  of run j
@@ -38,7 +44,7 @@ function setup(thread)
   table.insert(threads, thread)
 end
 
-local mode, phase, lag
+local mode, phase, lag, projects, load_tests, quota
 n = 0                -- steps taken by this thread (a global: done() reads it)
 local prefix         -- PHASE .. thread id, the high digits of the run id
 
@@ -53,6 +59,12 @@ function init(args)
   mode = args[1] or "webhook"
   phase = tonumber(args[2] or "1")
   lag = tonumber(args[3] or "2000")
+  projects = tonumber(args[4] or "1")
+  load_tests = tonumber(args[5] or "8")
+  quota = tonumber(args[6] or "0")
+  if quota > 0 and (quota % 2 ~= 0 or quota <= 2 * lag) then
+    error("QUOTA must be even and larger than 2 LAG")
+  end
   if mode ~= "webhook" and mode ~= "push" then
     error("MODE must be webhook or push, not " .. tostring(mode))
   end
@@ -63,12 +75,13 @@ function init(args)
 end
 
 local function webhook(event, run, status, text)
-  local lt = 1 + run % 8
+  local lt = 1 + run % load_tests
+  local project = 1 + lt % projects
   local run_id = prefix .. string.format("%010d", run)
   local body = string.format(
     '{"event":"%s","status":%d,"status_text":"%s","user_id":1,"name":"bench-%d",' ..
-    '"organization_id":1,"project_id":1,"load_test_id":%d,"load_test_run_id":%s}',
-    event, status, text, lt, lt, run_id)
+    '"organization_id":1,"project_id":%d,"load_test_id":%d,"load_test_run_id":%s}',
+    event, status, text, lt, project, lt, run_id)
   local headers = {
     ["Content-Type"] = "application/json",
     ["User-Agent"] = "LoadImpactWebHook/bench",
@@ -86,8 +99,17 @@ function request()
     return wrk.format("POST", nil,
       { ["Content-Type"] = "text/plain; version=0.0.4" }, body)
   end
+  if quota > 0 and j >= quota then
+    return wrk.format("GET", "/-/healthy")
+  end
   if j < lag then
     return webhook("test.started", j, 2, "Running")
+  end
+  if quota > 0 and j >= quota - lag then
+    -- The tail: the finishes of the runs still open.
+    local run = (quota - 2 * lag) / 2 + (j - (quota - lag))
+    local status = 3 + run % 10
+    return webhook("test.finished", run, status, status_text[status])
   end
   local k = j - lag
   if k % 2 == 0 then
@@ -96,6 +118,11 @@ function request()
   local run = (k - 1) / 2
   local status = 3 + run % 10
   return webhook("test.finished", run, status, status_text[status])
+end
+
+-- For bench/fill.lua: whether this thread has built all its deliveries.
+function quota_reached()
+  return quota > 0 and n >= quota
 end
 
 function done(summary, latency, requests)
