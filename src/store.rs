@@ -47,7 +47,7 @@ pub trait Store: Send {
     /// Deletes some cold entries that no input can see any more at `now`
     /// (see [`Machine::is_forgotten`] and [`Machine::is_stale_id`]): bounded
     /// work per call, resuming where the last call stopped. Harmless to skip
-    /// or to lose in a crash, since such entries read as absent anyway.
+    /// or to fail, since such entries read as absent anyway.
     fn prune(&mut self, now: Millis, machine: &Machine) -> Result<(), StoreError>;
     /// After a failed commit: make the store usable again if it can be, and
     /// return what is durably stored (the failed commit may or may not be in it).
@@ -439,10 +439,10 @@ impl Store for RedbStore {
     }
 
     fn prune(&mut self, now: Millis, machine: &Machine) -> Result<(), StoreError> {
-        let mut txn = self.db()?.begin_write().map_err(db_err)?;
-        // No fsync of its own: the next durable commit carries it, and a
-        // prune lost in a crash is made again.
-        txn.set_durability(redb::Durability::None).map_err(db_err)?;
+        // A durable commit of its own, once a tick (a second): redb's
+        // non-durable commits leave bookkeeping that every later commit
+        // walks, which costs far more than one fsync a second.
+        let txn = self.db()?.begin_write().map_err(db_err)?;
         {
             let mut dedup = txn.open_table(DEDUP).map_err(db_err)?;
             let from = self.prune_from.dedup.take().unwrap_or_default();
