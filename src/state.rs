@@ -12,7 +12,7 @@
 use crate::outcome::{classify, Outcome, StatusTable};
 use crate::webhook::{Event, Project, RunEvent, RunEventKind};
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::time::Duration;
 
 /// Milliseconds since the Unix epoch.
@@ -191,11 +191,21 @@ impl Histogram {
     }
 }
 
-/// A finish within the abort-ratio window: all the ratio is computed from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Finish {
-    pub project: Project,
-    pub aborted: bool,
+/// A finish within the abort-ratio window, as the window keeps it: the
+/// finish time in milliseconds shifted left one bit, with the low bit set for
+/// an abort, so that codes sort by time. Two finishes of a project with the
+/// same time and kind are alike to the ratio, so a project's window is a
+/// sorted list of codes: 8 bytes a finish, all the ratio needs.
+pub type FinishCode = i64;
+
+/// The code of a finish at `at`, an abort or not.
+pub fn finish_code(at: Millis, aborted: bool) -> FinishCode {
+    at.saturating_mul(2) | FinishCode::from(aborted)
+}
+
+/// The finish time and whether it was an abort, from a code.
+pub fn finish_of(code: FinishCode) -> (Millis, bool) {
+    (code >> 1, code & 1 == 1)
 }
 
 /// How a run's span ends.
@@ -236,7 +246,7 @@ pub enum Key {
     Histogram(Project, Outcome),
     LastEvent(String),
     Outbox(u64),
-    Finish(Millis, u64),
+    Finish(Project, FinishCode),
     Recent(u64),
 }
 
@@ -263,7 +273,8 @@ pub enum Saved {
     Histogram(Option<Histogram>),
     LastEvent(Option<Millis>),
     Outbox(Option<SpanRecord>),
-    Finish(Option<Finish>),
+    /// How many finishes had that code.
+    Finish(usize),
     Recent(Option<Run>),
 }
 
@@ -330,8 +341,8 @@ pub struct State {
     pub last_event: BTreeMap<String, Millis>,
     /// Spans not yet acknowledged by the collector, by run id.
     pub outbox: BTreeMap<u64, SpanRecord>,
-    /// Finishes within the abort-ratio window, by (finish time, run id).
-    pub finishes: BTreeMap<(Millis, u64), Finish>,
+    /// Per project, the finishes within the abort-ratio window, sorted.
+    pub finishes: BTreeMap<Project, VecDeque<FinishCode>>,
     /// The `--runs.info-limit` most recently ended runs (finished or
     /// expired), by run id: the runs API and `loadimpact_test_run_info`.
     pub recent: BTreeMap<u64, Run>,
@@ -346,6 +357,16 @@ pub struct Wanted {
 }
 
 impl Wanted {
+    /// The runs `changes` touched and the runs wanted: all that a group can
+    /// have brought into memory.
+    pub fn runs_in<'a>(&'a self, changes: &'a Changes) -> impl Iterator<Item = u64> + 'a {
+        let touched = changes.keys.iter().filter_map(|key| match key {
+            Key::Run(id) => Some(*id),
+            _ => None,
+        });
+        self.run_ids.iter().copied().chain(touched)
+    }
+
     /// Adds what `input` may read.
     pub fn add(&mut self, input: &Input) {
         if let Input::Webhook {
@@ -386,14 +407,20 @@ impl State {
     /// A copy without the cold entries: what stays in memory between commits.
     pub fn without_cold(&self) -> State {
         let mut hot = self.clone();
-        hot.evict_cold();
+        hot.runs.retain(|_, run| run.is_running());
+        hot.dedup.clear();
         hot
     }
 
-    /// Drops every cold entry (once committed): what was fetched or made
-    /// for a group, whether or not the group changed it.
-    pub fn evict_cold(&mut self) {
-        self.runs.retain(|_, run| run.is_running());
+    /// Drops the cold entries a group brought in (once committed): every
+    /// request id, and those of `runs` (the runs it fetched or touched) that
+    /// are not running. The hot entries stay as they are.
+    pub fn evict_cold(&mut self, runs: impl IntoIterator<Item = u64>) {
+        for id in runs {
+            if self.runs.get(&id).is_some_and(|run| !run.is_running()) {
+                self.runs.remove(&id);
+            }
+        }
         self.dedup.clear();
     }
 
@@ -408,6 +435,31 @@ impl State {
         runs
     }
 
+    /// How many finishes of `project` in the window have `code`.
+    pub fn finish_count(&self, project: &Project, code: FinishCode) -> usize {
+        self.finishes.get(project).map_or(0, |codes| {
+            codes.partition_point(|c| *c <= code) - codes.partition_point(|c| *c < code)
+        })
+    }
+
+    /// Makes `n` the number of finishes of `project` with `code`.
+    fn set_finish_count(&mut self, project: Project, code: FinishCode, n: usize) {
+        let codes = self.finishes.entry(project).or_default();
+        let (from, to) = (
+            codes.partition_point(|c| *c < code),
+            codes.partition_point(|c| *c <= code),
+        );
+        for _ in n..to - from {
+            codes.remove(from);
+        }
+        for _ in to - from..n {
+            codes.insert(from, code);
+        }
+        if codes.is_empty() {
+            self.finishes.remove(&project);
+        }
+    }
+
     /// The entry named by `key`, as it is now.
     pub fn snapshot(&self, key: &Key) -> Saved {
         match key {
@@ -418,7 +470,7 @@ impl State {
             Key::Histogram(p, o) => Saved::Histogram(self.histograms.get(&(*p, *o)).cloned()),
             Key::LastEvent(e) => Saved::LastEvent(self.last_event.get(e).copied()),
             Key::Outbox(id) => Saved::Outbox(self.outbox.get(id).cloned()),
-            Key::Finish(at, id) => Saved::Finish(self.finishes.get(&(*at, *id)).copied()),
+            Key::Finish(project, code) => Saved::Finish(self.finish_count(project, *code)),
             Key::Recent(id) => Saved::Recent(self.recent.get(id).cloned()),
         }
     }
@@ -432,7 +484,9 @@ impl State {
             (Key::Histogram(p, o), Saved::Histogram(v)) => put(&mut self.histograms, (*p, *o), v),
             (Key::LastEvent(e), Saved::LastEvent(v)) => put(&mut self.last_event, e.clone(), v),
             (Key::Outbox(id), Saved::Outbox(v)) => put(&mut self.outbox, *id, v),
-            (Key::Finish(at, id), Saved::Finish(v)) => put(&mut self.finishes, (*at, *id), v),
+            (Key::Finish(project, code), Saved::Finish(n)) => {
+                self.set_finish_count(*project, *code, n)
+            }
             (Key::Recent(id), Saved::Recent(v)) => put(&mut self.recent, *id, v),
             (Key::Dedup(id), Saved::Dedup(v)) => match v {
                 Some(v) => {
@@ -724,14 +778,10 @@ impl Machine {
                         .or_default()
                         .observe(millis);
                 }
-                changes.touch(state, Key::Finish(at, run_id));
-                state.finishes.insert(
-                    (at, run_id),
-                    Finish {
-                        project,
-                        aborted: outcome.is_abort(),
-                    },
-                );
+                let code = finish_code(at, outcome.is_abort());
+                changes.touch(state, Key::Finish(project, code));
+                let n = state.finish_count(&project, code);
+                state.set_finish_count(project, code, n + 1);
                 state.bump(CounterKey::Finished(project, outcome), changes);
                 if let Some(span) = span {
                     self.enqueue_span(state, run_id, span, changes);
@@ -877,14 +927,20 @@ impl Machine {
         }
         // Finishes that left the abort-ratio window.
         let since = now.saturating_sub(self.abort_window);
-        let left: Vec<(Millis, u64)> = state
-            .finishes
-            .range(..=(since, u64::MAX))
-            .map(|(key, _)| *key)
-            .collect();
-        for (at, id) in left {
-            changes.touch(state, Key::Finish(at, id));
-            state.finishes.remove(&(at, id));
+        let mut left = Vec::new();
+        for (project, codes) in &state.finishes {
+            let gone = codes.partition_point(|c| finish_of(*c).0 <= since);
+            let mut previous = None;
+            for code in codes.iter().take(gone) {
+                if previous != Some(*code) {
+                    left.push((*project, *code));
+                    previous = Some(*code);
+                }
+            }
+        }
+        for (project, code) in left {
+            changes.touch(state, Key::Finish(project, code));
+            state.set_finish_count(project, code, 0);
         }
     }
 
@@ -892,23 +948,19 @@ impl Machine {
     /// `now`) whose outcome is an abort. Projects with no finish in the window
     /// are absent.
     pub fn abort_ratios(&self, state: &State, now: Millis) -> BTreeMap<Project, f64> {
-        let mut counts: BTreeMap<Project, (u64, u64)> = BTreeMap::new();
         let since = now.saturating_sub(self.abort_window);
-        for finish in state
-            .finishes
-            .range((since.saturating_add(1), 0)..=(now, u64::MAX))
-            .map(|(_, finish)| finish)
-        {
-            let entry = counts.entry(finish.project).or_default();
-            entry.1 += 1;
-            if finish.aborted {
-                entry.0 += 1;
+        let mut ratios = BTreeMap::new();
+        for (project, codes) in &state.finishes {
+            let from = codes.partition_point(|c| finish_of(*c).0 <= since);
+            let to = codes.partition_point(|c| finish_of(*c).0 <= now);
+            let total = to.saturating_sub(from);
+            if total == 0 {
+                continue;
             }
+            let aborted = codes.range(from..to).filter(|c| finish_of(**c).1).count();
+            ratios.insert(*project, aborted as f64 / total as f64);
         }
-        counts
-            .into_iter()
-            .map(|(project, (aborted, total))| (project, aborted as f64 / total as f64))
-            .collect()
+        ratios
     }
 
     /// Runs now running, per known project (0 for projects with none).

@@ -9,7 +9,7 @@
 //! implementation of the same trait.
 
 use crate::outcome::Outcome;
-use crate::state::{Changes, Finish, Key, Machine, Millis, State, Wanted};
+use crate::state::{Changes, Key, Machine, Millis, State, Wanted};
 use crate::webhook::Project;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use std::path::{Path, PathBuf};
@@ -75,8 +75,8 @@ const COUNTERS: TableDefinition<&str, u64> = TableDefinition::new("counters");
 const HISTOGRAMS: TableDefinition<&str, &[u8]> = TableDefinition::new("histograms");
 const LAST_EVENT: TableDefinition<&str, i64> = TableDefinition::new("last_event");
 const OUTBOX: TableDefinition<u64, &[u8]> = TableDefinition::new("outbox");
-/// (finish time, run id) -> (organization id, project id, aborted).
-const FINISHES: TableDefinition<(i64, u64), (u64, u64, bool)> = TableDefinition::new("finishes");
+/// (organization id, project id, finish code) -> how many finishes have it.
+const FINISHES: TableDefinition<(u64, u64, i64), u64> = TableDefinition::new("finishes");
 const RECENT: TableDefinition<u64, &[u8]> = TableDefinition::new("recent");
 const META: TableDefinition<&str, &str> = TableDefinition::new("meta");
 
@@ -318,18 +318,16 @@ impl Store for RedbStore {
             s.outbox.insert(k, from_json("outbox", v)?);
             Ok(())
         })?;
-        each(
-            &txn,
-            FINISHES,
-            |(at, id), (organization_id, project_id, aborted)| {
-                let project = Project {
-                    organization_id,
-                    project_id,
-                };
-                s.finishes.insert((at, id), Finish { project, aborted });
-                Ok(())
-            },
-        )?;
+        each(&txn, FINISHES, |(organization_id, project_id, code), n| {
+            let project = Project {
+                organization_id,
+                project_id,
+            };
+            // Keys come in order, so each project's codes stay sorted.
+            let codes = s.finishes.entry(project).or_default();
+            codes.extend(std::iter::repeat_n(code, usize::try_from(n).unwrap_or(0)));
+            Ok(())
+        })?;
         each(&txn, RECENT, |k, v| {
             s.recent.insert(k, from_json("recent", v)?);
             Ok(())
@@ -421,16 +419,14 @@ impl Store for RedbStore {
                             last_event.insert(event.as_str(), *at).map_err(db_err)?;
                         }
                     }
-                    Key::Finish(at, id) => match state.finishes.get(&(*at, *id)) {
-                        Some(f) => {
-                            let value =
-                                (f.project.organization_id, f.project.project_id, f.aborted);
-                            finishes.insert((*at, *id), value).map_err(db_err)?;
+                    Key::Finish(project, code) => {
+                        let key = (project.organization_id, project.project_id, *code);
+                        match state.finish_count(project, *code) {
+                            0 => finishes.remove(key).map(drop),
+                            n => finishes.insert(key, n as u64).map(drop),
                         }
-                        None => {
-                            finishes.remove((*at, *id)).map_err(db_err)?;
-                        }
-                    },
+                        .map_err(db_err)?
+                    }
                     Key::Recent(id) => put_or_remove(&mut recent, *id, state.recent.get(id))?,
                 }
             }

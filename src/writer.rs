@@ -12,7 +12,7 @@
 //! entry that is not yet durable. A failed commit reloads the state from the
 //! store and answers every request of the group with an error (503).
 
-use crate::state::{Applied, Changes, CounterKey, Input, Key, Machine, State, Wanted};
+use crate::state::{Applied, Changes, CounterKey, Input, Key, Machine, Millis, State, Wanted};
 use crate::store::Store;
 use prometheus::{Histogram, HistogramOpts, IntCounter, Registry};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -262,6 +262,7 @@ impl Writer {
             }
         }
         if changes.is_empty() {
+            self.settle(&mut state, &wanted, &changes, tick);
             drop(state);
             answer(replies, Ok(()));
             return;
@@ -271,12 +272,7 @@ impl Writer {
             return;
         }
         self.unstored_503s = 0;
-        state.evict_cold();
-        if let Some(now) = tick {
-            if let Err(e) = self.store.prune(now, &shared.machine) {
-                tracing::warn!(error = %e, "pruning old request ids and runs failed; retried next tick");
-            }
-        }
+        self.settle(&mut state, &wanted, &changes, tick);
         let dropped = state
             .counter(&CounterKey::SpansDropped)
             .saturating_sub(dropped_before);
@@ -300,6 +296,23 @@ impl Writer {
         shared.ready.store(true, Ordering::Release);
         log_accepted(&replies);
         answer(replies, Ok(()));
+    }
+
+    /// After a group is stored (or had nothing to store): drops the cold
+    /// entries it brought into memory and, on a tick, prunes the store.
+    fn settle(
+        &mut self,
+        state: &mut State,
+        wanted: &Wanted,
+        changes: &Changes,
+        tick: Option<Millis>,
+    ) {
+        state.evict_cold(wanted.runs_in(changes));
+        if let Some(now) = tick {
+            if let Err(e) = self.store.prune(now, &self.shared.machine) {
+                tracing::warn!(error = %e, "pruning old request ids and runs failed; retried next tick");
+            }
+        }
     }
 
     /// A group could not be stored: nothing of it may show. Undoes it (back

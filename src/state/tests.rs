@@ -617,7 +617,7 @@ impl ColdHarness {
         let mut changes = Changes::default();
         let applied = self.machine.apply(&mut self.state, input, &mut changes);
         self.store.commit(&self.state, &changes).expect("commit");
-        self.state.evict_cold();
+        self.state.evict_cold(wanted.runs_in(&changes));
         if let Some(now) = tick {
             self.store.prune(now, &self.machine).expect("prune");
         }
