@@ -4,6 +4,12 @@ use clap::Parser;
 use loadimpact_exporter::config::{Cli, Command};
 use std::process::ExitCode;
 
+/// jemalloc rather than glibc's malloc: after a flood of deliveries glibc's
+/// arenas kept about twice the live heap resident (fragmented, beyond what
+/// malloc_trim returns); jemalloc gives it back (bench/RESULTS.md).
+#[global_allocator]
+static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();

@@ -61,8 +61,9 @@ const PRUNE_BATCH: usize = 2048;
 
 /// redb's page cache. The cold tables are read a few pages per delivery;
 /// the operating system's page cache serves the rest, so the process's
-/// memory does not grow with the store (redb's default is 1 GiB).
-const CACHE_BYTES: usize = 8 * 1024 * 1024;
+/// memory does not grow with the store (redb's default is 1 GiB; 8 MiB
+/// cost 7 MiB resident and no measurable ingest).
+const CACHE_BYTES: usize = 1024 * 1024;
 
 /// Runs now running (hot).
 const RUNS: TableDefinition<u64, &[u8]> = TableDefinition::new("runs");
