@@ -9,7 +9,8 @@
 #   2. ingest: distinct durable webhook deliveries under the same wrk
 #      settings (each 200 after redb's fsync), its ratio to the ceiling, and
 #      the Pushgateway taking POSTs beside it (the reference peer);
-#   3. a profile of the ingest (perf record, where perf works);
+#   3. the same ingest with the store on tmpfs (what fsync costs), and a
+#      profile of the ingest (perf record, where perf works);
 #   4. latency at a steady ~1,000 deliveries/s;
 #   5. memory: resident idle, then after 1,000,000 deliveries (500,000 runs
 #      started and finished over 1,000 projects and 10,000 load tests),
@@ -162,14 +163,31 @@ if command -v perf >/dev/null && perf stat -e task-clock true >/dev/null 2>&1; t
   run_wrk "$D1/profiled.txt" "http://127.0.0.1:$PORT/webhook" 64 2 7 bench/webhook.lua webhook 3 &
   WRKP=$!
   sleep 1
-  perf record -q -F 499 -g -p "$E1" -o "$D1/perf.data" -- sleep 5 >/dev/null 2>&1 || true
+  perf record -q -F 499 --call-graph dwarf,16384 -p "$E1" -o "$D1/perf.data" -- sleep 5 >/dev/null 2>&1 || true
   wait "$WRKP" || true
   if [[ -s $D1/perf.data ]]; then
     PROFILE=$(perf report -i "$D1/perf.data" --stdio --no-children --sort comm,dso 2>/dev/null \
       | awk '/^ +[0-9.]+%/ && n++ < 12 {print}' || true)
+    PROFILE_WRITER=$(perf report -i "$D1/perf.data" --stdio --children --comm store-writer --sort sym -g none 2>/dev/null \
+      | awk '/^ +[0-9.]+%/ && /Store>::commit|sync_data|Machine::apply|Store>::fetch|put_or_remove|evict_cold/ && n++ < 8 {print}' || true)
     PROFILE_SYMS=$(perf report -i "$D1/perf.data" --stdio --no-children --sort sym -g none 2>/dev/null \
       | awk '/^ +[0-9.]+%/ && n++ < 15 {print}' || true)
   fi
+fi
+
+# The same ingest with the store on tmpfs, where fsync costs nothing: how much
+# of the gap to the ceiling the disk's fsync is.
+SHM_INGEST=""
+if [[ -d /dev/shm && $(df -T /dev/shm | awk 'NR==2 {print $2}') == tmpfs ]]; then
+  DS=$(mktemp -d /dev/shm/loadimpact-bench.XXXXXX); PORT_S=$(free_port)
+  start_exporter "$DS" "$PORT_S"; ES=$EXPORTER_PID
+  wait_ready "http://127.0.0.1:$PORT_S/-/ready" "$ES" >/dev/null
+  log "ingest with the store on tmpfs (no fsync cost): 3 s warm-up + ${DURATION}s"
+  run_wrk "$D1/shm-warmup.txt" "http://127.0.0.1:$PORT_S/webhook" 64 2 3 bench/webhook.lua webhook 1
+  run_wrk "$D1/shm.txt" "http://127.0.0.1:$PORT_S/webhook" 64 2 "$DURATION" bench/webhook.lua webhook 2
+  SHM_INGEST=$(wrk_rps "$D1/shm.txt")
+  stop "$ES"
+  rm -rf "$DS"
 fi
 
 # ---- 4: steady rate ------------------------------------------------------------
@@ -269,7 +287,11 @@ STEADY=$(wrk_rps "$D1/steady.txt")
   echo "| exporter POST /webhook, distinct durable deliveries | $(printf '%.0f' "$INGEST") | $(wrk_pct "$D1/ingest.txt" 50) | $(wrk_pct "$D1/ingest.txt" 99) |"
   echo "| Pushgateway POST, in memory (reference) | $(printf '%.0f' "$PGW") | $(wrk_pct "$WORK/pg.txt" 50) | $(wrk_pct "$WORK/pg.txt" 99) |"
   echo
-  echo "- ingest ÷ ceiling: $(ratio "$INGEST" "$CEIL"); ingest ÷ Pushgateway: $(ratio "$INGEST" "$PGW")."
+  if [[ -n $SHM_INGEST ]]; then
+    echo "| exporter POST /webhook, store on tmpfs (fsync free; diagnostic only) | $(printf '%.0f' "$SHM_INGEST") | $(wrk_pct "$D1/shm.txt" 50) | $(wrk_pct "$D1/shm.txt" 99) |"
+  fi
+  echo
+  echo "- ingest ÷ ceiling: $(ratio "$INGEST" "$CEIL"); ingest ÷ Pushgateway: $(ratio "$INGEST" "$PGW")${SHM_INGEST:+; ingest on disk ÷ on tmpfs: $(ratio "$INGEST" "$SHM_INGEST")}."
   echo "- durability: $ACCEPTED deliveries accepted in $COMMITS fsync'd commits ($(ratio "$ACCEPTED" "$COMMITS") per commit); wrk saw $NON200 non-2xx answers."
   echo "- plain scrape of the same state: $SCRAPE_MS ms, $((SCRAPE_BYTES / 1024)) KiB; gzip is $(ratio "$SCRAPE_BYTES" "$SCRAPE_GZ_BYTES")× smaller."
   echo
@@ -280,7 +302,7 @@ STEADY=$(wrk_rps "$D1/steady.txt")
   echo "- the exposition after the restart, less the process's own telemetry: $SAME to the one before."
   if [[ -n $PROFILE ]]; then
     echo
-    echo "## Where ingest time goes (perf record -g, 5 s at c=64)"
+    echo "## Where ingest time goes (perf record --call-graph dwarf, 5 s at c=64)"
     echo
     echo "By process and object (the exporter's threads; wrk is not profiled):"
     echo
@@ -288,7 +310,13 @@ STEADY=$(wrk_rps "$D1/steady.txt")
     echo "$PROFILE"
     echo '```'
     echo
-    echo "Top symbols:"
+    echo "Inside the store writer (share of all samples, with callees):"
+    echo
+    echo '```'
+    echo "$PROFILE_WRITER"
+    echo '```'
+    echo
+    echo "Top symbols (self time):"
     echo
     echo '```'
     echo "$PROFILE_SYMS"
