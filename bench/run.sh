@@ -135,7 +135,7 @@ verdict() { # value op target -> met / NOT met
 
 DATE=$(date -u '+%Y-%m-%d %H:%M UTC')
 REV=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)
-DIRTY=$(git -C "$ROOT" status --porcelain -- src Cargo.toml Cargo.lock bench 2>/dev/null | grep -q . && echo " (with uncommitted changes)" || true)
+DIRTY=$(git -C "$ROOT" status --porcelain -- src Cargo.toml Cargo.lock bench ':!bench/RESULTS.md' 2>/dev/null | grep -q . && echo " (with uncommitted changes)" || true)
 FSYNC_PROBE=$(dd if=/dev/zero of="$WORK/fsync-probe" bs=4k count=500 oflag=dsync 2>&1 \
   | awk '/copied/ {for (i = 1; i <= NF; i++) if ($i ~ /^s,?$/) t = $(i - 1); printf "%.3f ms", t * 1000 / 500}')
 rm -f "$WORK/fsync-probe"
@@ -285,11 +285,10 @@ STEADY=$(wrk_rps "$D1/steady.txt")
   echo "|---|---|---|---|"
   echo "| exporter GET /-/healthy (the ceiling) | $(printf '%.0f' "$CEIL") | $(wrk_pct "$D1/healthy.txt" 50) | $(wrk_pct "$D1/healthy.txt" 99) |"
   echo "| exporter POST /webhook, distinct durable deliveries | $(printf '%.0f' "$INGEST") | $(wrk_pct "$D1/ingest.txt" 50) | $(wrk_pct "$D1/ingest.txt" 99) |"
-  echo "| Pushgateway POST, in memory (reference) | $(printf '%.0f' "$PGW") | $(wrk_pct "$WORK/pg.txt" 50) | $(wrk_pct "$WORK/pg.txt" 99) |"
-  echo
   if [[ -n $SHM_INGEST ]]; then
     echo "| exporter POST /webhook, store on tmpfs (fsync free; diagnostic only) | $(printf '%.0f' "$SHM_INGEST") | $(wrk_pct "$D1/shm.txt" 50) | $(wrk_pct "$D1/shm.txt" 99) |"
   fi
+  echo "| Pushgateway POST, in memory (reference) | $(printf '%.0f' "$PGW") | $(wrk_pct "$WORK/pg.txt" 50) | $(wrk_pct "$WORK/pg.txt" 99) |"
   echo
   echo "- ingest ÷ ceiling: $(ratio "$INGEST" "$CEIL"); ingest ÷ Pushgateway: $(ratio "$INGEST" "$PGW")${SHM_INGEST:+; ingest on disk ÷ on tmpfs: $(ratio "$INGEST" "$SHM_INGEST")}."
   echo "- durability: $ACCEPTED deliveries accepted in $COMMITS fsync'd commits ($(ratio "$ACCEPTED" "$COMMITS") per commit); wrk saw $NON200 non-2xx answers."
