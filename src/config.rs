@@ -1,34 +1,28 @@
-//! Command-line flags, in the Prometheus exporters' style (`--web.listen-address`,
-//! `--storage.path`, …). Every flag can also be set through an environment
-//! variable `LOADIMPACT_EXPORTER_<FLAG>`, with dots and dashes as underscores.
+//! Every command-line flag, in one place, in the Prometheus exporters' style
+//! (`--web.listen-address`, `--storage.path`, …): the server's, the trace
+//! export's and the `simulate` subcommand's. Every server flag can also be set
+//! through an environment variable `LOADIMPACT_EXPORTER_<FLAG>`, with dots and
+//! dashes as underscores.
 
-use crate::otel::OtlpArgs;
-use crate::outcome::StatusTable;
-use crate::simulate::SimulateArgs;
-use crate::state::{millis, Machine};
+use crate::clock::millis;
+use crate::outcome::{Outcome, StatusTable};
+use crate::state::Machine;
 use clap::{Parser, Subcommand, ValueEnum};
+use std::fmt;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::str::FromStr;
 use std::time::Duration;
 
 /// Receives Load Impact (Grafana Cloud k6) webhooks and exports the test runs
 /// as Prometheus metrics and OpenTelemetry spans.
 #[derive(Debug, Clone, Parser)]
-#[command(name = "loadimpact-exporter", version = version_string(), about, long_about = None)]
+#[command(name = "loadimpact-exporter", version = crate::version::LONG, about, long_about = None)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Option<Command>,
     #[command(flatten)]
     pub server: ServerArgs,
-}
-
-const fn version_string() -> &'static str {
-    concat!(
-        env!("CARGO_PKG_VERSION"),
-        " (revision ",
-        env!("LOADIMPACT_EXPORTER_REVISION"),
-        ")"
-    )
 }
 
 #[derive(Debug, Clone, Subcommand)]
@@ -179,6 +173,264 @@ impl ServerArgs {
     }
 }
 
+// ---- trace export -----------------------------------------------------------
+
+/// OTLP transport.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum OtlpProtocol {
+    #[value(name = "grpc")]
+    Grpc,
+    #[value(name = "http/protobuf")]
+    HttpProtobuf,
+}
+
+/// Flags of the trace export.
+#[derive(Debug, Clone, clap::Args)]
+pub struct OtlpArgs {
+    /// OTLP traces endpoint: `http://host:4317` for grpc, the full URL
+    /// (`http://host:4318/v1/traces`) for http/protobuf. Unset: the standard
+    /// OTEL_EXPORTER_OTLP_TRACES_ENDPOINT / OTEL_EXPORTER_OTLP_ENDPOINT apply;
+    /// none of them set: tracing is off.
+    #[arg(long = "otlp.endpoint", env = "LOADIMPACT_EXPORTER_OTLP_ENDPOINT")]
+    pub endpoint: Option<String>,
+
+    /// OTLP protocol. Unset: OTEL_EXPORTER_OTLP_TRACES_PROTOCOL,
+    /// OTEL_EXPORTER_OTLP_PROTOCOL, else http/protobuf.
+    #[arg(
+        long = "otlp.protocol",
+        env = "LOADIMPACT_EXPORTER_OTLP_PROTOCOL",
+        value_enum
+    )]
+    pub protocol: Option<OtlpProtocol>,
+
+    /// Header sent with every export, `key=value` (the value may hold commas
+    /// and `=`); repeat the flag for several. OTEL_EXPORTER_OTLP_HEADERS also
+    /// applies.
+    #[arg(long = "otlp.header", value_parser = parse_header)]
+    pub headers: Vec<(String, String)>,
+
+    /// Timeout of one export request.
+    #[arg(
+        long = "otlp.timeout",
+        env = "LOADIMPACT_EXPORTER_OTLP_TIMEOUT",
+        default_value = "10s",
+        value_parser = parse_duration
+    )]
+    pub timeout: Duration,
+
+    /// Most spans kept waiting for the collector; beyond it new spans are
+    /// dropped and counted in loadimpact_spans_dropped_total.
+    #[arg(
+        long = "otlp.max-pending",
+        env = "LOADIMPACT_EXPORTER_OTLP_MAX_PENDING",
+        default_value_t = 100_000
+    )]
+    pub max_pending: usize,
+
+    /// Longest wait between retries of a failed export (backoff doubles up to it).
+    #[arg(
+        long = "otlp.max-backoff",
+        env = "LOADIMPACT_EXPORTER_OTLP_MAX_BACKOFF",
+        default_value = "60s",
+        value_parser = parse_duration
+    )]
+    pub max_backoff: Duration,
+
+    /// Most spans in one export request.
+    #[arg(
+        long = "otlp.batch-size",
+        env = "LOADIMPACT_EXPORTER_OTLP_BATCH_SIZE",
+        default_value_t = 512,
+        value_parser = clap::value_parser!(u32).range(1..)
+    )]
+    pub batch_size: u32,
+}
+
+fn parse_header(s: &str) -> Result<(String, String), String> {
+    let (key, value) = s
+        .split_once('=')
+        .ok_or_else(|| format!("{s:?}: expected key=value"))?;
+    let key = key.trim();
+    if key.is_empty() {
+        return Err(format!("{s:?}: empty header name"));
+    }
+    Ok((key.to_owned(), value.trim().to_owned()))
+}
+
+/// True when the variable `name` is set to something other than blanks.
+pub fn env_set(name: &str) -> bool {
+    std::env::var(name).is_ok_and(|v| !v.trim().is_empty())
+}
+
+impl OtlpArgs {
+    /// Tracing is on when an endpoint is configured, by flag or standard variable.
+    pub fn enabled(&self) -> bool {
+        self.endpoint.as_deref().is_some_and(|e| !e.is_empty())
+            || env_set("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+            || env_set("OTEL_EXPORTER_OTLP_ENDPOINT")
+    }
+
+    /// The protocol from the flag or the standard variables.
+    pub fn resolved_protocol(&self) -> anyhow::Result<OtlpProtocol> {
+        if let Some(p) = self.protocol {
+            return Ok(p);
+        }
+        for var in [
+            "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
+            "OTEL_EXPORTER_OTLP_PROTOCOL",
+        ] {
+            if let Ok(value) = std::env::var(var) {
+                return match value.trim() {
+                    "grpc" => Ok(OtlpProtocol::Grpc),
+                    "http/protobuf" => Ok(OtlpProtocol::HttpProtobuf),
+                    other => Err(anyhow::anyhow!(
+                        "{var}={other:?} is not supported (use grpc or http/protobuf)"
+                    )),
+                };
+            }
+        }
+        Ok(OtlpProtocol::HttpProtobuf)
+    }
+}
+
+// ---- the simulate subcommand ---------------------------------------------------
+
+/// The outcome mix when `--outcomes` is not given: mostly successful runs.
+pub const DEFAULT_OUTCOMES: &str = "finished=70,timed_out=3,aborted_by_user=8,aborted_by_system=3,aborted_by_script_error=4,aborted_by_threshold=4,failed_threshold=8";
+
+/// Flags of the `simulate` subcommand.
+#[derive(Debug, Clone, clap::Args)]
+pub struct SimulateArgs {
+    /// Webhook URL of the exporter to post to (http only).
+    #[arg(long, default_value = "http://127.0.0.1:16565/webhook")]
+    pub url: String,
+
+    /// Number of projects to simulate (ids `--first-project-id` upwards).
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    pub projects: u64,
+
+    /// Test runs per project.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(0..=100_000))]
+    pub runs: u64,
+
+    /// Organization id of every simulated project.
+    #[arg(long, default_value_t = 1)]
+    pub organization_id: u64,
+
+    /// Id of the first simulated project.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    pub first_project_id: u64,
+
+    /// Load tests per project (each run belongs to one of them).
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..=999))]
+    pub load_tests: u64,
+
+    /// Seed of the plan: the same flags and seed post the same webhooks (use
+    /// another seed to post new runs to the same exporter).
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+
+    /// Largest number of requests in flight at once.
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u64).range(1..=1024))]
+    pub concurrency: u64,
+
+    /// Share of webhooks delivered twice (0 to 1).
+    #[arg(long, default_value_t = 0.1, value_parser = parse_ratio)]
+    pub duplicate_ratio: f64,
+
+    /// Share of runs that never send `test.finished` (0 to 1).
+    #[arg(long, default_value_t = 0.0, value_parser = parse_ratio)]
+    pub unfinished_ratio: f64,
+
+    /// Outcome weights per project, `outcome=weight,...` (outcome label values).
+    #[arg(long, default_value = DEFAULT_OUTCOMES)]
+    pub outcomes: OutcomeWeights,
+
+    /// How much projects differ: each project's weights of the outcomes other
+    /// than `finished` are multiplied by e^(spread x a number from -1 to 1), so
+    /// some projects abort or fail more than others; 0 gives every project
+    /// exactly the `--outcomes` mix.
+    #[arg(long, default_value_t = 1.0, value_parser = parse_spread)]
+    pub spread: f64,
+
+    /// Time between the starts of two consecutive runs.
+    #[arg(long, alias = "pace", default_value = "100ms", value_parser = humantime::parse_duration)]
+    pub interval: Duration,
+
+    /// Typical run duration; each run lasts 0.5 to 1.5 times this.
+    #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+    pub run_duration: Duration,
+
+    /// Status code table the codes are sent in (the texts are always sent).
+    #[arg(long, value_enum, default_value = "v3")]
+    pub status_table: StatusTable,
+}
+
+fn parse_spread(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(v) if (0.0..=5.0).contains(&v) => Ok(v),
+        _ => Err(format!("`{text}` is not a number from 0 to 5")),
+    }
+}
+
+fn parse_ratio(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(v) if (0.0..=1.0).contains(&v) => Ok(v),
+        _ => Err(format!("`{text}` is not a number from 0 to 1")),
+    }
+}
+
+/// `outcome=weight` pairs, as given to `--outcomes`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OutcomeWeights(pub Vec<(Outcome, f64)>);
+
+impl FromStr for OutcomeWeights {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let mut weights: Vec<(Outcome, f64)> = Vec::new();
+        for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            let (name, weight) = part
+                .split_once('=')
+                .ok_or_else(|| format!("`{part}` is not outcome=weight"))?;
+            let outcome = Outcome::ALL
+                .into_iter()
+                .find(|o| o.as_str() == name.trim())
+                .ok_or_else(|| {
+                    let names: Vec<&str> = Outcome::ALL.iter().map(|o| o.as_str()).collect();
+                    format!("unknown outcome `{name}` (one of {})", names.join(", "))
+                })?;
+            let weight: f64 = weight
+                .trim()
+                .parse()
+                .ok()
+                .filter(|w: &f64| w.is_finite() && *w >= 0.0)
+                .ok_or_else(|| format!("weight of `{name}` is not a number >= 0"))?;
+            if weights.iter().any(|(o, _)| *o == outcome) {
+                return Err(format!("outcome `{name}` is given twice"));
+            }
+            weights.push((outcome, weight));
+        }
+        if weights.iter().map(|(_, w)| w).sum::<f64>() <= 0.0 {
+            return Err("at least one outcome needs a weight above 0".into());
+        }
+        Ok(OutcomeWeights(weights))
+    }
+}
+
+impl fmt::Display for OutcomeWeights {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let parts: Vec<String> = self
+            .0
+            .iter()
+            .map(|(o, w)| format!("{}={w}", o.as_str()))
+            .collect();
+        f.write_str(&parts.join(","))
+    }
+}
+
+// ---- value parsers ----------------------------------------------------------------
+
 /// Parses `30s`, `5m`, `24h`, `7d`, `1h30m` (humantime syntax); zero is refused.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let d = humantime::parse_duration(s.trim()).map_err(|e| format!("{s:?}: {e}"))?;
@@ -220,5 +472,15 @@ mod tests {
         assert_eq!(cli.server.listen_address.port(), 16565);
         assert_eq!(cli.server.machine(), Machine::default());
         assert!(Cli::try_parse_from(["x", "--webhook.path=hook"]).is_err());
+    }
+
+    #[test]
+    fn headers_parse() {
+        assert_eq!(
+            parse_header("authorization=Bearer x=y"),
+            Ok(("authorization".into(), "Bearer x=y".into()))
+        );
+        assert!(parse_header("novalue").is_err());
+        assert!(parse_header("=v").is_err());
     }
 }

@@ -13,6 +13,7 @@
 //! - [`server`]: wiring and lifecycle (signals, draining);
 //! - [`config`]: the flags; [`simulate`]: the `simulate` subcommand.
 
+pub mod clock;
 pub mod config;
 pub mod http;
 pub mod logging;
@@ -23,5 +24,6 @@ pub mod server;
 pub mod simulate;
 pub mod state;
 pub mod store;
+pub mod version;
 pub mod webhook;
 pub mod writer;

@@ -8,15 +8,13 @@
 //! exact at any size. The process's own telemetry (process collector, store
 //! commit timings) lives in a `prometheus::Registry` and is encoded after it.
 
+use crate::clock::Millis;
 use crate::outcome::Outcome;
-use crate::state::{seconds, CounterKey, Histogram, Machine, Millis, State, DURATION_BUCKETS};
+use crate::state::{seconds, CounterKey, Histogram, Machine, State, DURATION_BUCKETS};
+use crate::version::{REVISION, VERSION};
 use crate::webhook::Project;
 use prometheus::{Registry, TextEncoder};
 use std::fmt::Write as _;
-
-/// The version and revision in `loadimpact_exporter_build_info`.
-pub const VERSION: &str = env!("CARGO_PKG_VERSION");
-pub const REVISION: &str = env!("LOADIMPACT_EXPORTER_REVISION");
 
 /// The content type of the text exposition.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";

@@ -2,8 +2,9 @@
 //! accept connections, and shut down in order on SIGTERM or SIGINT
 //! (stop accepting, let in-flight requests finish, commit, close the store).
 
+use crate::clock::now_millis;
 use crate::config::ServerArgs;
-use crate::http::{handle, now_millis, App};
+use crate::http::{handle, App};
 use crate::state::Input;
 use crate::store::{RedbStore, Store};
 use crate::writer::{self, Shared, WriterMetrics};
@@ -64,9 +65,7 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let span_export = if args.otlp.enabled() {
-        let exporter = args
-            .otlp
-            .build_exporter()
+        let exporter = crate::otel::build_exporter(&args.otlp)
             .context("configuring the OTLP trace exporter")?;
         tracing::info!(
             protocol = ?args.otlp.resolved_protocol()?,
@@ -93,7 +92,7 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         address = %listener.local_addr().unwrap_or(args.listen_address),
         webhook = %args.webhook_path,
         metrics = %args.telemetry_path,
-        version = crate::metrics::VERSION,
+        version = crate::version::VERSION,
         "listening"
     );
 

@@ -14,6 +14,7 @@
 //! under a new one; `--unfinished-ratio` of the runs never get `test.finished`
 //! (the exporter expires them after its `--run.max-duration`).
 
+use crate::config::{OutcomeWeights, SimulateArgs};
 use crate::outcome::{from_code, Outcome, StatusTable};
 use anyhow::{bail, Context};
 use http_body_util::{BodyExt, Full};
@@ -25,16 +26,11 @@ use hyper_util::rt::TokioExecutor;
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
-use std::fmt;
-use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
-
-/// The outcome mix when `--outcomes` is not given: mostly successful runs.
-const DEFAULT_OUTCOMES: &str = "finished=70,timed_out=3,aborted_by_user=8,aborted_by_system=3,aborted_by_script_error=4,aborted_by_threshold=4,failed_threshold=8";
 
 /// Load test names the simulated projects draw from.
 const TEST_NAMES: [&str; 6] = [
@@ -45,137 +41,6 @@ const TEST_NAMES: [&str; 6] = [
     "payments smoke",
     "websocket fan-out",
 ];
-
-/// Flags of the `simulate` subcommand.
-#[derive(Debug, Clone, clap::Args)]
-pub struct SimulateArgs {
-    /// Webhook URL of the exporter to post to (http only).
-    #[arg(long, default_value = "http://127.0.0.1:16565/webhook")]
-    pub url: String,
-
-    /// Number of projects to simulate (ids `--first-project-id` upwards).
-    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..=100_000))]
-    pub projects: u64,
-
-    /// Test runs per project.
-    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(0..=100_000))]
-    pub runs: u64,
-
-    /// Organization id of every simulated project.
-    #[arg(long, default_value_t = 1)]
-    pub organization_id: u64,
-
-    /// Id of the first simulated project.
-    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
-    pub first_project_id: u64,
-
-    /// Load tests per project (each run belongs to one of them).
-    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..=999))]
-    pub load_tests: u64,
-
-    /// Seed of the plan: the same flags and seed post the same webhooks (use
-    /// another seed to post new runs to the same exporter).
-    #[arg(long, default_value_t = 1)]
-    pub seed: u64,
-
-    /// Largest number of requests in flight at once.
-    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u64).range(1..=1024))]
-    pub concurrency: u64,
-
-    /// Share of webhooks delivered twice (0 to 1).
-    #[arg(long, default_value_t = 0.1, value_parser = parse_ratio)]
-    pub duplicate_ratio: f64,
-
-    /// Share of runs that never send `test.finished` (0 to 1).
-    #[arg(long, default_value_t = 0.0, value_parser = parse_ratio)]
-    pub unfinished_ratio: f64,
-
-    /// Outcome weights per project, `outcome=weight,...` (outcome label values).
-    #[arg(long, default_value = DEFAULT_OUTCOMES)]
-    pub outcomes: OutcomeWeights,
-
-    /// How much projects differ: each project's weights of the outcomes other
-    /// than `finished` are multiplied by e^(spread x a number from -1 to 1), so
-    /// some projects abort or fail more than others; 0 gives every project
-    /// exactly the `--outcomes` mix.
-    #[arg(long, default_value_t = 1.0, value_parser = parse_spread)]
-    pub spread: f64,
-
-    /// Time between the starts of two consecutive runs.
-    #[arg(long, alias = "pace", default_value = "100ms", value_parser = humantime::parse_duration)]
-    pub interval: Duration,
-
-    /// Typical run duration; each run lasts 0.5 to 1.5 times this.
-    #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
-    pub run_duration: Duration,
-
-    /// Status code table the codes are sent in (the texts are always sent).
-    #[arg(long, value_enum, default_value = "v3")]
-    pub status_table: StatusTable,
-}
-
-fn parse_spread(text: &str) -> Result<f64, String> {
-    match text.parse::<f64>() {
-        Ok(v) if (0.0..=5.0).contains(&v) => Ok(v),
-        _ => Err(format!("`{text}` is not a number from 0 to 5")),
-    }
-}
-
-fn parse_ratio(text: &str) -> Result<f64, String> {
-    match text.parse::<f64>() {
-        Ok(v) if (0.0..=1.0).contains(&v) => Ok(v),
-        _ => Err(format!("`{text}` is not a number from 0 to 1")),
-    }
-}
-
-/// `outcome=weight` pairs, as given to `--outcomes`.
-#[derive(Debug, Clone, PartialEq)]
-pub struct OutcomeWeights(pub Vec<(Outcome, f64)>);
-
-impl FromStr for OutcomeWeights {
-    type Err = String;
-
-    fn from_str(text: &str) -> Result<Self, Self::Err> {
-        let mut weights: Vec<(Outcome, f64)> = Vec::new();
-        for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-            let (name, weight) = part
-                .split_once('=')
-                .ok_or_else(|| format!("`{part}` is not outcome=weight"))?;
-            let outcome = Outcome::ALL
-                .into_iter()
-                .find(|o| o.as_str() == name.trim())
-                .ok_or_else(|| {
-                    let names: Vec<&str> = Outcome::ALL.iter().map(|o| o.as_str()).collect();
-                    format!("unknown outcome `{name}` (one of {})", names.join(", "))
-                })?;
-            let weight: f64 = weight
-                .trim()
-                .parse()
-                .ok()
-                .filter(|w: &f64| w.is_finite() && *w >= 0.0)
-                .ok_or_else(|| format!("weight of `{name}` is not a number >= 0"))?;
-            if weights.iter().any(|(o, _)| *o == outcome) {
-                return Err(format!("outcome `{name}` is given twice"));
-            }
-            weights.push((outcome, weight));
-        }
-        if weights.iter().map(|(_, w)| w).sum::<f64>() <= 0.0 {
-            return Err("at least one outcome needs a weight above 0".into());
-        }
-        Ok(OutcomeWeights(weights))
-    }
-}
-
-impl fmt::Display for OutcomeWeights {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let parts: Vec<String> = self
-            .0
-            .iter()
-            .map(|(o, w)| format!("{}={w}", o.as_str()))
-            .collect();
-        f.write_str(&parts.join(","))
-    }
-}
 
 /// Splits `total` runs among the weights in proportion, exactly (largest
 /// remainder, ties to the earlier outcome).
@@ -541,7 +406,7 @@ mod tests {
             got,
             vec![(Outcome::Finished, 4), (Outcome::FailedThreshold, 2)]
         );
-        let got = allocate(&weights(DEFAULT_OUTCOMES), 7);
+        let got = allocate(&weights(crate::config::DEFAULT_OUTCOMES), 7);
         assert_eq!(got.iter().map(|(_, n)| n).sum::<u64>(), 7);
         assert_eq!(got[0], (Outcome::Finished, 5));
     }

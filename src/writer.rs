@@ -12,7 +12,8 @@
 //! entry that is not yet durable. A failed commit reloads the state from the
 //! store and answers every request of the group with an error (503).
 
-use crate::state::{Applied, Changes, CounterKey, Input, Key, Machine, Millis, State, Wanted};
+use crate::clock::Millis;
+use crate::state::{Applied, Changes, CounterKey, Input, Key, Machine, State, Wanted};
 use crate::store::Store;
 use prometheus::{Histogram, HistogramOpts, IntCounter, Registry};
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -2,7 +2,9 @@
 //! invariants over random streams (order, duplicates, ticks).
 
 use super::*;
+use crate::outcome::{classify, StatusTable};
 use crate::store::{MemoryStore, Store};
+use crate::webhook::{RunEvent, RunEventKind};
 use proptest::prelude::*;
 
 const P1: Project = Project {

@@ -2,7 +2,11 @@
 //! or the writer, and turns the answer into a response. No state is changed
 //! here; the only write path is `writer::WriterHandle::submit`.
 
-use crate::state::{Input, Millis, Run};
+mod api;
+mod landing;
+
+use crate::clock::now_millis;
+use crate::state::Input;
 use crate::webhook::{self, Headers, WebhookError};
 use crate::writer::{Shared, WriterHandle};
 use bytes::Bytes;
@@ -16,7 +20,6 @@ use hyper::{Method, Request, Response, StatusCode};
 use serde_json::json;
 use std::io::Write as _;
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 /// Everything a request handler needs.
 pub struct App {
@@ -29,14 +32,6 @@ pub struct App {
 }
 
 pub type Body = Full<Bytes>;
-
-/// Milliseconds since the Unix epoch, now.
-pub fn now_millis() -> Millis {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| Millis::try_from(d.as_millis()).unwrap_or(Millis::MAX))
-        .unwrap_or(0)
-}
 
 fn respond(
     status: StatusCode,
@@ -51,7 +46,7 @@ fn respond(
     response
 }
 
-fn json_response(status: StatusCode, value: serde_json::Value) -> Response<Body> {
+pub(super) fn json_response(status: StatusCode, value: serde_json::Value) -> Response<Body> {
     respond(status, "application/json", value.to_string())
 }
 
@@ -107,11 +102,11 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Response<Body> {
             text,
             "Not ready: the store is not open.\n",
         ),
-        Page::Runs => runs(&app),
+        Page::Runs => api::runs(&app),
         Page::Landing => respond(
             StatusCode::OK,
             "text/html; charset=utf-8",
-            landing_page(&app),
+            landing::landing_page(&app),
         ),
     }
 }
@@ -276,75 +271,6 @@ async fn read_and_parse(app: &App, req: Request<Incoming>) -> Result<webhook::De
         tracing::debug!(error = %e, status = status.as_u16(), "webhook rejected");
         reject(status, &e.to_string(), e.field())
     })
-}
-
-fn timestamp(at: Option<Millis>) -> serde_json::Value {
-    at.map_or(serde_json::Value::Null, |ms| json!(ms as f64 / 1000.0))
-}
-
-fn run_json(id: u64, run: &Run) -> serde_json::Value {
-    json!({
-        "load_test_run_id": id,
-        "load_test_id": run.load_test_id,
-        "organization_id": run.project.organization_id,
-        "project_id": run.project.project_id,
-        "user_id": run.user_id,
-        "name": run.name,
-        "started_at": timestamp(run.started_at),
-        "finished_at": timestamp(run.finished_at),
-        "expired_at": timestamp(run.expired_at),
-        "status": run.status,
-        "status_text": run.status_text,
-        "outcome": run.outcome.map(|o| o.as_str()),
-        "duration_seconds": run.duration_millis().map(crate::state::seconds),
-    })
-}
-
-/// `GET /api/v1/runs`: runs now running, and the recently ended ones (the
-/// same runs as `loadimpact_test_run_info`), newest first.
-fn runs(app: &App) -> Response<Body> {
-    let state = app.shared.read();
-    let mut running: Vec<_> = state.runs.iter().filter(|(_, r)| r.is_running()).collect();
-    running.sort_by_key(|(id, r)| (std::cmp::Reverse(r.started_at), **id));
-    let recent = state.recent_runs();
-    json_response(
-        StatusCode::OK,
-        json!({
-            "running": running.iter().map(|(id, r)| run_json(**id, r)).collect::<Vec<_>>(),
-            "recent": recent.iter().map(|(id, r, _, _)| run_json(*id, r)).collect::<Vec<_>>(),
-        }),
-    )
-}
-
-fn landing_page(app: &App) -> String {
-    format!(
-        r#"<!DOCTYPE html>
-<html>
-<head><meta charset="utf-8"><title>Load Impact Exporter</title></head>
-<body>
-<h1>Load Impact Exporter</h1>
-<p>Version {version} (revision {revision}). Receives Load Impact webhooks at <code>POST {webhook}</code>.</p>
-<ul>
-<li><a href="{metrics}">Metrics</a></li>
-<li><a href="/api/v1/runs">Runs</a> (running and recent, JSON)</li>
-<li><a href="/-/healthy">Health</a></li>
-<li><a href="/-/ready">Readiness</a></li>
-</ul>
-</body>
-</html>
-"#,
-        version = crate::metrics::VERSION,
-        revision = crate::metrics::REVISION,
-        webhook = html_escape(&app.webhook_path),
-        metrics = html_escape(&app.telemetry_path),
-    )
-}
-
-fn html_escape(s: &str) -> String {
-    s.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-        .replace('"', "&quot;")
 }
 
 #[cfg(test)]
