@@ -1,29 +1,37 @@
 //! loadimpact-exporter: Load Impact (Grafana Cloud k6) webhooks in, exact
-//! Prometheus metrics out.
+//! Prometheus metrics and one OpenTelemetry span per run out.
 //!
-//! The modules follow the data's route:
-//! - [`webhook`]: parse and validate one delivery (pure);
-//! - [`outcome`]: classify a finished run's status (pure);
-//! - [`state`]: the state machine that applies an input and decides every count (pure);
-//! - [`store`]: durable storage of the state behind a small trait (redb);
-//! - [`writer`]: the single writer that applies inputs in order and group-commits them;
-//! - [`metrics`]: the exposition, rendered from the committed state at scrape time;
-//! - [`otel`]: one span per run, drained from the store's outbox to OTLP;
-//! - [`http`]: thin routing of the endpoints;
+//! The modules, from the bottom (pure, no I/O) to the top (wiring):
+//! - `clock`, `version`: time in milliseconds, the build's version;
+//! - `webhook`: parse and validate one delivery (pure);
+//! - `outcome`: classify a finished run's status (pure);
+//! - `state`: the state machine that applies an input and decides every count (pure);
+//! - `store`: durable storage of the state behind a small trait (redb);
+//! - `writer`: the single writer that applies inputs in order and group-commits them;
+//! - `metrics`: the exposition, rendered from the committed state at scrape time;
+//! - `otel`: one span per run, drained from the store's outbox to OTLP;
+//! - `http`: thin routing of the endpoints;
 //! - [`server`]: wiring and lifecycle (signals, draining);
-//! - [`config`]: the flags; [`simulate`]: the `simulate` subcommand.
+//! - [`config`]: every flag; [`logging`]: the log format.
+//!
+//! [`simulate`] is a client of the server, not part of it: it posts a
+//! realistic stream of runs to a running exporter (`loadimpact-exporter
+//! simulate`), and it alone uses the HTTP client and `rand`.
+//!
+//! Only what the binary uses is public; docs/architecture.md has the map.
 
-pub mod clock;
+mod clock;
 pub mod config;
-pub mod http;
+mod http;
 pub mod logging;
-pub mod metrics;
-pub mod otel;
-pub mod outcome;
+mod metrics;
+mod otel;
+mod outcome;
 pub mod server;
+#[cfg(feature = "simulate")]
 pub mod simulate;
-pub mod state;
-pub mod store;
-pub mod version;
-pub mod webhook;
-pub mod writer;
+mod state;
+mod store;
+mod version;
+mod webhook;
+mod writer;

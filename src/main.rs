@@ -1,7 +1,7 @@
 //! The `loadimpact-exporter` binary: parse the flags, set up logging, run.
 
 use clap::Parser;
-use loadimpact_exporter::config::{Cli, Command};
+use loadimpact_exporter::config::{Cli, Command, SimulateArgs};
 use std::process::ExitCode;
 
 /// jemalloc rather than glibc's malloc: after a flood of deliveries glibc's
@@ -19,7 +19,7 @@ async fn main() -> ExitCode {
         return ExitCode::from(2);
     }
     let result = match cli.command {
-        Some(Command::Simulate(args)) => loadimpact_exporter::simulate::run(args).await,
+        Some(Command::Simulate(args)) => simulate(args).await,
         None => loadimpact_exporter::server::run(cli.server).await,
     };
     match result {
@@ -29,4 +29,14 @@ async fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+#[cfg(feature = "simulate")]
+async fn simulate(args: SimulateArgs) -> anyhow::Result<()> {
+    loadimpact_exporter::simulate::run(args).await
+}
+
+#[cfg(not(feature = "simulate"))]
+async fn simulate(_: SimulateArgs) -> anyhow::Result<()> {
+    anyhow::bail!("this build has no simulator: build with the `simulate` feature (on by default)")
 }

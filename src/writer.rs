@@ -15,6 +15,7 @@
 use crate::clock::Millis;
 use crate::state::{Applied, Changes, CounterKey, Input, Key, Machine, State, Wanted};
 use crate::store::Store;
+use crate::webhook::Delivery;
 use prometheus::{Histogram, HistogramOpts, IntCounter, Registry};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
@@ -79,11 +80,45 @@ pub enum WriteError {
     Closed,
 }
 
-type Reply = oneshot::Sender<Result<Option<Applied>, WriteError>>;
+/// Where a delivery's answer goes: what it decided, once durable.
+type AppliedReply = oneshot::Sender<Result<Applied, WriteError>>;
+/// Where another input's answer goes, once durable.
+type StoredReply = oneshot::Sender<Result<(), WriteError>>;
 
-struct Request {
-    input: Input,
-    reply: Option<Reply>,
+/// One request to the writer.
+enum Request {
+    /// A valid delivery received at `at`.
+    Webhook {
+        delivery: Delivery,
+        at: Millis,
+        reply: AppliedReply,
+    },
+    /// Any other input; answered once durable if `reply` is set.
+    Other {
+        input: Input,
+        reply: Option<StoredReply>,
+    },
+}
+
+/// A request applied and waiting for its group's commit.
+enum Pending {
+    Applied(AppliedReply, Applied),
+    Stored(StoredReply),
+}
+
+impl Pending {
+    /// Answers with the group's outcome. A closed receiver means the client
+    /// went away; the input is applied anyway.
+    fn answer(self, outcome: &Result<(), WriteError>) {
+        match self {
+            Pending::Applied(reply, applied) => {
+                let _ = reply.send(outcome.clone().map(|()| applied));
+            }
+            Pending::Stored(reply) => {
+                let _ = reply.send(outcome.clone());
+            }
+        }
+    }
 }
 
 /// The writer's own telemetry: how commits go in this process.
@@ -139,14 +174,34 @@ pub struct WriterHandle {
 }
 
 impl WriterHandle {
-    /// Applies `input` and waits until it is durable.
-    pub async fn submit(&self, input: Input) -> Result<Option<Applied>, WriteError> {
+    /// Applies a delivery received at `at`; once it is durable, what it decided.
+    pub async fn submit_webhook(
+        &self,
+        delivery: Delivery,
+        at: Millis,
+    ) -> Result<Applied, WriteError> {
         let (reply, answer) = oneshot::channel();
+        let request = Request::Webhook {
+            delivery,
+            at,
+            reply,
+        };
         self.tx
-            .send(Request {
-                input,
-                reply: Some(reply),
-            })
+            .send(request)
+            .await
+            .map_err(|_| WriteError::Closed)?;
+        answer.await.map_err(|_| WriteError::Closed)?
+    }
+
+    /// Applies `input` and waits until it is durable.
+    pub async fn submit(&self, input: Input) -> Result<(), WriteError> {
+        let (reply, answer) = oneshot::channel();
+        let request = Request::Other {
+            input,
+            reply: Some(reply),
+        };
+        self.tx
+            .send(request)
             .await
             .map_err(|_| WriteError::Closed)?;
         answer.await.map_err(|_| WriteError::Closed)?
@@ -154,10 +209,8 @@ impl WriterHandle {
 
     /// Sends `input` without waiting for its commit (clock ticks).
     pub async fn send(&self, input: Input) -> Result<(), WriteError> {
-        self.tx
-            .send(Request { input, reply: None })
-            .await
-            .map_err(|_| WriteError::Closed)
+        let request = Request::Other { input, reply: None };
+        self.tx.send(request).await.map_err(|_| WriteError::Closed)
     }
 }
 
@@ -196,9 +249,6 @@ struct Writer {
     unstored_503s: u64,
 }
 
-/// What one group's answers wait on.
-type Replies = Vec<(Reply, Option<Applied>)>;
-
 impl Writer {
     /// Takes every group off the channel until it closes, then stores what
     /// is left over.
@@ -233,33 +283,58 @@ impl Writer {
         let mut state = shared.write();
         let mut wanted = Wanted::default();
         let mut tick = None;
+        let mut webhooks = 0;
         for request in &group {
-            wanted.add(&request.input);
-            if let Input::Tick { now } = request.input {
-                tick = tick.max(Some(now));
+            match request {
+                Request::Webhook { delivery, .. } => {
+                    wanted.add_delivery(delivery.request_id.as_deref(), &delivery.event);
+                    webhooks += 1;
+                }
+                Request::Other { input, .. } => {
+                    wanted.add(input);
+                    if let Input::Tick { now } = input {
+                        tick = tick.max(Some(*now));
+                    }
+                }
             }
         }
-        let webhooks = group
-            .iter()
-            .filter(|r| r.reply.is_some() && matches!(r.input, Input::Webhook { .. }))
-            .count() as u64;
         if let Err(e) = self.store.fetch(&mut state, &wanted) {
-            let replies = group
-                .into_iter()
-                .filter_map(|r| r.reply.map(|reply| (reply, None)))
-                .collect();
-            self.failed(&mut state, Changes::default(), webhooks, replies, e);
+            // Nothing was applied: every request gets the error.
+            let error = self.failed(&mut state, Changes::default(), webhooks, group_len, e);
+            drop(state);
+            for request in group {
+                match request {
+                    Request::Webhook { reply, .. } => drop(reply.send(Err(error.clone()))),
+                    Request::Other { reply, .. } => {
+                        reply.map(|reply| reply.send(Err(error.clone())));
+                    }
+                }
+            }
             return;
         }
         let mut changes = std::mem::take(&mut self.carried);
         let dropped_before = state.counter(&CounterKey::SpansDropped);
         let mut replies = Vec::with_capacity(group_len);
         for request in group {
-            let applied = shared
-                .machine
-                .apply(&mut state, request.input, &mut changes);
-            if let Some(reply) = request.reply {
-                replies.push((reply, applied));
+            match request {
+                Request::Webhook {
+                    delivery,
+                    at,
+                    reply,
+                } => {
+                    let applied = shared.machine.apply_webhook(
+                        &mut state,
+                        delivery.request_id,
+                        delivery.event,
+                        at,
+                        &mut changes,
+                    );
+                    replies.push(Pending::Applied(reply, applied));
+                }
+                Request::Other { input, reply } => {
+                    shared.machine.apply(&mut state, input, &mut changes);
+                    replies.extend(reply.map(Pending::Stored));
+                }
             }
         }
         if changes.is_empty() {
@@ -269,7 +344,9 @@ impl Writer {
             return;
         }
         if let Err(e) = self.store.commit(&state, &changes) {
-            self.failed(&mut state, changes, webhooks, replies, e);
+            let error = self.failed(&mut state, changes, webhooks, group_len, e);
+            drop(state);
+            answer(replies, Err(error));
             return;
         }
         self.unstored_503s = 0;
@@ -326,11 +403,11 @@ impl Writer {
         state: &mut State,
         changes: Changes,
         webhooks: u64,
-        replies: Replies,
+        inputs: usize,
         e: crate::store::StoreError,
-    ) {
+    ) -> WriteError {
         self.metrics.failures.inc();
-        tracing::error!(error = %e, inputs = replies.len(), "commit failed; answering 503 so the senders retry");
+        tracing::error!(error = %e, inputs, "commit failed; answering 503 so the senders retry");
         self.unstored_503s += webhooks;
         changes.undo(state);
         match self.store.recover() {
@@ -353,19 +430,22 @@ impl Writer {
                 .machine
                 .apply(state, Input::Rejected { code: 503 }, &mut self.carried);
         }
-        answer(replies, Err(WriteError::Store(e.to_string())));
+        WriteError::Store(e.to_string())
     }
 }
 
-fn answer(replies: Vec<(Reply, Option<Applied>)>, outcome: Result<(), WriteError>) {
-    for (reply, applied) in replies {
-        // A closed receiver means the client went away; the input is applied anyway.
-        let _ = reply.send(outcome.clone().map(|()| applied));
+fn answer(replies: Vec<Pending>, outcome: Result<(), WriteError>) {
+    for pending in replies {
+        pending.answer(&outcome);
     }
 }
 
-fn log_accepted(replies: &[(Reply, Option<Applied>)]) {
-    for applied in replies.iter().filter_map(|(_, a)| a.as_ref()) {
+fn log_accepted(replies: &[Pending]) {
+    let applied = replies.iter().filter_map(|pending| match pending {
+        Pending::Applied(_, applied) => Some(applied),
+        Pending::Stored(_) => None,
+    });
+    for applied in applied {
         tracing::info!(
             event = applied.event,
             result = applied.result.as_str(),
@@ -391,11 +471,10 @@ mod tests {
     use crate::store::MemoryStore;
     use crate::webhook::Event;
 
-    fn ping(id: &str) -> Input {
-        Input::Webhook {
+    fn ping(id: &str) -> Delivery {
+        Delivery {
             request_id: Some(id.into()),
             event: Event::NotificationChannel,
-            at: 1,
         }
     }
 
@@ -413,7 +492,10 @@ mod tests {
             fail_commits: true,
             ..MemoryStore::default()
         });
-        let err = handle.submit(ping("a")).await.expect_err("commit fails");
+        let err = handle
+            .submit_webhook(ping("a"), 1)
+            .await
+            .expect_err("commit fails");
         assert!(matches!(err, WriteError::Store(_)));
         {
             let state = shared.read();
@@ -435,15 +517,12 @@ mod tests {
         for i in 0..200 {
             let handle = handle.clone();
             tasks.push(tokio::spawn(async move {
-                handle.submit(ping(&i.to_string())).await
+                handle.submit_webhook(ping(&i.to_string()), 1).await
             }));
         }
         for task in tasks {
             let applied = task.await.expect("join").expect("durable");
-            assert_eq!(
-                applied.map(|a| a.result),
-                Some(crate::state::EventResult::Accepted)
-            );
+            assert_eq!(applied.result, crate::state::EventResult::Accepted);
         }
         let state = shared.read();
         assert_eq!(state.counter(&CounterKey::Requests { code: 200 }), 200);

@@ -33,5 +33,7 @@ echo "==> cargo fmt" >&2
 cargo fmt --all -- --check
 echo "==> cargo clippy" >&2
 cargo clippy --all-targets --locked -- -D warnings
+echo "==> the server builds without the simulator (a client of it)" >&2
+cargo check --locked --no-default-features
 echo "==> tests" >&2
 cargo nextest run --locked --no-fail-fast "$@"

@@ -173,16 +173,10 @@ async fn webhook(app: &App, req: Request<Incoming>) -> Response<Body> {
     let (code, response) = match read_and_parse(app, req).await {
         Err(rejection) => rejection,
         Ok(delivery) => {
-            let input = Input::Webhook {
-                request_id: delivery.request_id,
-                event: delivery.event,
-                at,
-            };
-            return match app.writer.submit(input).await {
-                Ok(Some(applied)) => {
+            return match app.writer.submit_webhook(delivery, at).await {
+                Ok(applied) => {
                     json_response(StatusCode::OK, json!({ "result": applied.result.as_str() }))
                 }
-                Ok(None) => error_response(StatusCode::INTERNAL_SERVER_ERROR, "not applied", None),
                 Err(e) => error_response(
                     StatusCode::SERVICE_UNAVAILABLE,
                     &format!("{e}; retry later"),

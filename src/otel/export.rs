@@ -115,7 +115,7 @@ pub async fn export_loop(
                 let run_ids: Vec<u64> = batch.iter().map(|(id, _)| *id).collect();
                 tracing::debug!(spans = run_ids.len(), "spans exported");
                 match writer.submit(Input::SpansExported { run_ids }).await {
-                    Ok(_) => {}
+                    Ok(()) => {}
                     Err(WriteError::Closed) => break,
                     // They stay pending and go again: the ids make it the same span.
                     Err(e) => tracing::warn!(error = %e, "cannot record exported spans"),

@@ -116,7 +116,7 @@ impl Machine {
                 request_id,
                 event,
                 at,
-            } => Some(self.webhook(state, request_id, event, at, changes)),
+            } => Some(self.apply_webhook(state, request_id, event, at, changes)),
             Input::Rejected { code } => {
                 state.bump(CounterKey::Requests { code }, changes);
                 None
@@ -142,7 +142,8 @@ impl Machine {
         }
     }
 
-    fn webhook(
+    /// Applies one delivery received at `at`: what it decided.
+    pub fn apply_webhook(
         &self,
         state: &mut State,
         request_id: Option<String>,

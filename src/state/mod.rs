@@ -88,10 +88,15 @@ impl Wanted {
             request_id, event, ..
         } = input
         {
-            self.request_ids.extend(request_id.iter().cloned());
-            if let Event::Run(run) = event {
-                self.run_ids.push(run.load_test_run_id);
-            }
+            self.add_delivery(request_id.as_deref(), event);
+        }
+    }
+
+    /// Adds what a delivery with this request id and event may read.
+    pub fn add_delivery(&mut self, request_id: Option<&str>, event: &Event) {
+        self.request_ids.extend(request_id.map(str::to_owned));
+        if let Event::Run(run) = event {
+            self.run_ids.push(run.load_test_run_id);
         }
     }
 }
@@ -175,6 +180,14 @@ impl State {
         }
     }
 
+    /// Copies the entries named by `keys` (or their absence) from `from`:
+    /// what a store's commit does.
+    pub fn copy_entries(&mut self, from: &State, keys: &BTreeSet<Key>) {
+        for key in keys {
+            self.restore(key, from.snapshot(key));
+        }
+    }
+
     /// The entry named by `key`, as it is now.
     pub fn snapshot(&self, key: &Key) -> Saved {
         match key {
@@ -216,5 +229,7 @@ impl State {
     }
 }
 
+#[cfg(test)]
+pub(crate) mod testing;
 #[cfg(test)]
 mod tests;

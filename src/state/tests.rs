@@ -1,41 +1,10 @@
 //! The state machine's tests: one per rule, then property tests of the
 //! invariants over random streams (order, duplicates, ticks).
 
+use super::testing::*;
 use super::*;
 use crate::outcome::{classify, StatusTable};
-use crate::store::{MemoryStore, Store};
-use crate::webhook::{RunEvent, RunEventKind};
 use proptest::prelude::*;
-
-const P1: Project = Project {
-    organization_id: 1,
-    project_id: 10,
-};
-const P2: Project = Project {
-    organization_id: 1,
-    project_id: 20,
-};
-
-fn run_event(kind: RunEventKind, run: u64, project: Project, status: i64, text: &str) -> Event {
-    Event::Run(RunEvent {
-        kind,
-        load_test_run_id: run,
-        load_test_id: run % 3,
-        project,
-        user_id: Some(5),
-        name: Some(format!("test {}", run % 3)),
-        status,
-        status_text: (!text.is_empty()).then(|| text.to_owned()),
-    })
-}
-
-fn start(run: u64, project: Project) -> Event {
-    run_event(RunEventKind::Started, run, project, 2, "Running")
-}
-
-fn finish(run: u64, project: Project, status: i64, text: &str) -> Event {
-    run_event(RunEventKind::Finished, run, project, status, text)
-}
 
 /// Run counters and duration histograms: what a duplicate must never move.
 type RunMetrics = (
@@ -46,7 +15,8 @@ type RunMetrics = (
 struct Harness {
     machine: Machine,
     state: State,
-    store: MemoryStore,
+    /// What a store would hold: the entries the changes named, copied.
+    committed: State,
 }
 
 impl Harness {
@@ -54,7 +24,7 @@ impl Harness {
         Harness {
             machine: Machine::default(),
             state: State::default(),
-            store: MemoryStore::default(),
+            committed: State::default(),
         }
     }
 
@@ -63,8 +33,8 @@ impl Harness {
     fn apply(&mut self, input: Input) -> Option<Applied> {
         let mut changes = Changes::default();
         let applied = self.machine.apply(&mut self.state, input, &mut changes);
-        self.store.commit(&self.state, &changes).expect("commit");
-        assert_eq!(self.store.committed, self.state, "a change was not tracked");
+        self.committed.copy_entries(&self.state, &changes.keys);
+        assert_eq!(self.committed, self.state, "a change was not tracked");
         applied
     }
 
@@ -341,62 +311,10 @@ fn the_status_table_decides_unknown_texts() {
 
 // ---- properties -----------------------------------------------------------
 
-/// One delivery in a random stream: which run, which event, a retry or not.
-#[derive(Debug, Clone)]
-struct Step {
-    run: u64,
-    finish: bool,
-    /// 0: Load Impact's own id for this (run, event); 1: a fresh id (a
-    /// re-send); 2: no id at all.
-    id_kind: u8,
-}
-
-fn step() -> impl Strategy<Value = Step> {
-    (0u64..12, any::<bool>(), 0u8..3).prop_map(|(run, finish, id_kind)| Step {
-        run,
-        finish,
-        id_kind,
-    })
-}
-
-fn project_of(run: u64) -> Project {
-    if run % 2 == 0 {
-        P1
-    } else {
-        P2
-    }
-}
-
-/// Each run's fixed final status (status, text), so that every delivery of a
-/// run's finish carries the same body, as Load Impact's retries do.
-fn status_of(run: u64) -> (i64, &'static str) {
-    [
-        (3, "Finished"),
-        (6, "Aborted by user"),
-        (12, "Failed threshold"),
-        (8, ""),
-        (99, "Something new"),
-    ][(run % 5) as usize]
-}
-
-fn event_of(step: &Step) -> Event {
-    if step.finish {
-        let (status, text) = status_of(step.run);
-        finish(step.run, project_of(step.run), status, text)
-    } else {
-        start(step.run, project_of(step.run))
-    }
-}
-
 fn play(steps: &[Step]) -> Harness {
     let mut h = Harness::new();
     for (i, s) in steps.iter().enumerate() {
-        let id = match s.id_kind {
-            0 => format!("{}-{}", s.run, s.finish),
-            1 => format!("resend-{i}"),
-            _ => String::new(),
-        };
-        h.deliver(&id, event_of(s), 1_000 * i as i64);
+        h.apply(input_of(s, i, 1_000 * i as i64));
         if i % 7 == 3 {
             // Ticks inside every retention: they must change no count.
             h.tick(1_000 * i as i64);
@@ -594,93 +512,4 @@ fn a_full_outbox_drops_new_spans_and_counts_them() {
     assert_eq!(h.counter(CounterKey::SpansDropped), 1);
     // All three still count as finished runs.
     assert_eq!(h.counter(CounterKey::Finished(P1, Outcome::Finished)), 3);
-}
-
-// ---- cold entries: the writer's way of driving the machine -----------------
-
-/// Drives the machine as the writer does: between inputs only the hot
-/// entries are in memory; an input's cold entries are fetched from the store
-/// before it is applied and dropped once committed, and ticks prune the store.
-struct ColdHarness {
-    machine: Machine,
-    state: State,
-    store: MemoryStore,
-}
-
-impl ColdHarness {
-    fn apply(&mut self, input: Input) -> Option<Applied> {
-        let mut wanted = Wanted::default();
-        wanted.add(&input);
-        let tick = match input {
-            Input::Tick { now } => Some(now),
-            _ => None,
-        };
-        self.store.fetch(&mut self.state, &wanted).expect("fetch");
-        let mut changes = Changes::default();
-        let applied = self.machine.apply(&mut self.state, input, &mut changes);
-        self.store.commit(&self.state, &changes).expect("commit");
-        self.state.evict_cold(wanted.runs_in(&changes));
-        if let Some(now) = tick {
-            self.store.prune(now, &self.machine).expect("prune");
-        }
-        applied
-    }
-}
-
-/// Short retentions, so that random streams cross every one of them.
-fn short_machine() -> Machine {
-    Machine {
-        dedup_ttl: 5_000,
-        run_max_duration: 20_000,
-        abort_window: 3_000,
-        series_ttl: 50_000,
-        runs_info_limit: 3,
-        spans_max_pending: Some(4),
-        ..Machine::default()
-    }
-}
-
-/// One step of a stream: a delivery or a tick, after some milliseconds.
-fn timed_step() -> impl Strategy<Value = (Option<Step>, i64)> {
-    (
-        prop_oneof![4 => step().prop_map(Some), 1 => Just(None)],
-        prop_oneof![0i64..2_000, 0i64..30_000],
-    )
-}
-
-proptest! {
-    #![proptest_config(ProptestConfig::with_cases(256))]
-
-    /// Keeping request ids and ended runs in the store alone changes no
-    /// answer and no hot entry: at every step the writer's way and the
-    /// all-in-memory way agree exactly.
-    #[test]
-    fn cold_entries_in_the_store_alone_change_nothing(stream in prop::collection::vec(timed_step(), 0..80)) {
-        let mut full = Harness { machine: short_machine(), ..Harness::new() };
-        let mut cold = ColdHarness {
-            machine: short_machine(),
-            state: State::default(),
-            store: MemoryStore::default(),
-        };
-        let mut at = 0;
-        for (i, (step, gap)) in stream.iter().enumerate() {
-            at += gap;
-            let input = match step {
-                Some(s) => Input::Webhook {
-                    request_id: match s.id_kind {
-                        0 => Some(format!("{}-{}", s.run, s.finish)),
-                        1 => Some(format!("resend-{i}")),
-                        _ => None,
-                    },
-                    event: event_of(s),
-                    at,
-                },
-                None => Input::Tick { now: at },
-            };
-            let expected = full.apply(input.clone());
-            prop_assert_eq!(cold.apply(input), expected, "step {}", i);
-            prop_assert_eq!(&cold.state, &full.state.without_cold(), "step {}", i);
-            prop_assert_eq!(&cold.store.committed, &full.state, "step {}", i);
-        }
-    }
 }

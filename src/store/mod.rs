@@ -9,7 +9,7 @@
 //! implementation of the same trait.
 
 use crate::clock::Millis;
-use crate::state::{Changes, Key, Machine, State, Wanted};
+use crate::state::{Changes, Machine, State, Wanted};
 
 mod embedded;
 
@@ -56,6 +56,7 @@ pub trait Store: Send {
 /// The store contract in memory: what a commit wrote is what `load` (hot
 /// entries) and `fetch` (cold ones) return. For tests; `fail_commits` makes
 /// commits fail, as a full disk would.
+#[cfg(test)]
 #[derive(Debug, Default)]
 pub struct MemoryStore {
     /// Every entry committed, hot and cold.
@@ -64,6 +65,7 @@ pub struct MemoryStore {
     pub fail_commits: bool,
 }
 
+#[cfg(test)]
 impl Store for MemoryStore {
     fn load(&self) -> Result<State, StoreError> {
         Ok(self.committed.without_cold())
@@ -89,9 +91,7 @@ impl Store for MemoryStore {
         if self.fail_commits {
             return Err(StoreError::Db("commit refused (fail_commits)".into()));
         }
-        for key in &changes.keys {
-            copy_entry(&mut self.committed, state, key);
-        }
+        self.committed.copy_entries(state, &changes.keys);
         self.commits += 1;
         Ok(())
     }
@@ -107,7 +107,5 @@ impl Store for MemoryStore {
     }
 }
 
-/// Copies one entry (or its absence) from `from` to `to`.
-fn copy_entry(to: &mut State, from: &State, key: &Key) {
-    to.restore(key, from.snapshot(key));
-}
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,67 @@
+//! Unit tests of the store contract together with the machine: keeping the
+//! cold entries in the store alone changes nothing.
+
+use super::{MemoryStore, Store};
+use crate::state::testing::*;
+use crate::state::{Applied, Changes, Input, Machine, State, Wanted};
+use proptest::prelude::*;
+
+/// Drives the machine as the writer does: between inputs only the hot
+/// entries are in memory; an input's cold entries are fetched from the store
+/// before it is applied and dropped once committed, and ticks prune the store.
+struct ColdHarness {
+    machine: Machine,
+    state: State,
+    store: MemoryStore,
+}
+
+impl ColdHarness {
+    fn apply(&mut self, input: Input) -> Option<Applied> {
+        let mut wanted = Wanted::default();
+        wanted.add(&input);
+        let tick = match input {
+            Input::Tick { now } => Some(now),
+            _ => None,
+        };
+        self.store.fetch(&mut self.state, &wanted).expect("fetch");
+        let mut changes = Changes::default();
+        let applied = self.machine.apply(&mut self.state, input, &mut changes);
+        self.store.commit(&self.state, &changes).expect("commit");
+        self.state.evict_cold(wanted.runs_in(&changes));
+        if let Some(now) = tick {
+            self.store.prune(now, &self.machine).expect("prune");
+        }
+        applied
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    /// Keeping request ids and ended runs in the store alone changes no
+    /// answer and no hot entry: at every step the writer's way and the
+    /// all-in-memory way agree exactly.
+    #[test]
+    fn cold_entries_in_the_store_alone_change_nothing(stream in prop::collection::vec(timed_step(), 0..80)) {
+        let machine = short_machine();
+        // The all-in-memory way: every entry stays in the state.
+        let mut full = State::default();
+        let mut cold = ColdHarness {
+            machine,
+            state: State::default(),
+            store: MemoryStore::default(),
+        };
+        let mut at = 0;
+        for (i, (step, gap)) in stream.iter().enumerate() {
+            at += gap;
+            let input = match step {
+                Some(s) => input_of(s, i, at),
+                None => Input::Tick { now: at },
+            };
+            let expected = machine.apply(&mut full, input.clone(), &mut Changes::default());
+            prop_assert_eq!(cold.apply(input), expected, "step {}", i);
+            prop_assert_eq!(&cold.state, &full.without_cold(), "step {}", i);
+            prop_assert_eq!(&cold.store.committed, &full, "step {}", i);
+        }
+    }
+}
