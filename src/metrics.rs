@@ -168,9 +168,16 @@ pub fn append_registry(out: &mut String, registry: &Registry) {
 
 /// Writes every family rendered from the state, in name order.
 fn write_state(x: &mut Exposition, state: &State, machine: &Machine, now: Millis) {
-    // Every known project (0 where none run).
-    let running_now = machine.running(state);
+    write_build_info(x);
+    write_load_tests(x, state, machine, now);
+    write_abort_ratio(x, state, machine, now);
+    write_spans(x, state);
+    write_runs(x, state, machine);
+    write_webhook(x, state);
+}
 
+/// `loadimpact_exporter_build_info`.
+fn write_build_info(x: &mut Exposition) {
     x.family(
         "loadimpact_exporter_build_info",
         "Version and git revision of the running exporter; always 1.",
@@ -184,9 +191,10 @@ fn write_state(x: &mut Exposition, state: &State, machine: &Machine, now: Millis
         ],
         1.0,
     );
+}
 
-    write_load_tests(x, state, machine, now);
-
+/// `loadimpact_project_abort_ratio`, per project with a finish in the window.
+fn write_abort_ratio(x: &mut Exposition, state: &State, machine: &Machine, now: Millis) {
     let name = "loadimpact_project_abort_ratio";
     x.family(
         name,
@@ -196,7 +204,10 @@ fn write_state(x: &mut Exposition, state: &State, machine: &Machine, now: Millis
     for (project, value) in machine.abort_ratios(state, now) {
         x.gauge(name, &project_labels(&project), value);
     }
+}
 
+/// The span outbox's counters and its size.
+fn write_spans(x: &mut Exposition, state: &State) {
     for (key, name, help) in [
         (
             CounterKey::SpanExportFailures,
@@ -224,6 +235,13 @@ fn write_state(x: &mut Exposition, state: &State, machine: &Machine, now: Millis
         "gauge",
     );
     x.gauge(name, &[], state.outbox.len() as f64);
+}
+
+/// The per-project run families: durations, recent runs, and the expired,
+/// finished, running and started counts of every known project.
+fn write_runs(x: &mut Exposition, state: &State, machine: &Machine) {
+    // Every known project (0 where none run).
+    let running_now = machine.running(state);
 
     let name = "loadimpact_test_run_duration_seconds";
     x.family(
@@ -295,7 +313,10 @@ fn write_state(x: &mut Exposition, state: &State, machine: &Machine, now: Millis
             x.counter(name, &project_labels(project), *value);
         }
     }
+}
 
+/// The webhook path's families: events, last event times, answers by code.
+fn write_webhook(x: &mut Exposition, state: &State) {
     let name = "loadimpact_webhook_events_total";
     x.family(
         name,
