@@ -87,6 +87,23 @@ pub fn classify(status_text: Option<&str>, status: i64, table: StatusTable) -> O
         .unwrap_or_else(|| from_code(status, table))
 }
 
+/// Classifies a finished run that Grafana Cloud k6 reported: status Finished
+/// with a failed result is `failed_threshold`; otherwise the outcome the event
+/// identifier names, when it names one, else the text, else the code read
+/// with the k6 table (whatever `--status-table` says).
+pub fn classify_k6cloud(
+    event_outcome: Option<Outcome>,
+    status_text: Option<&str>,
+    status: i64,
+    result_failed: bool,
+) -> Outcome {
+    let by_status = classify(status_text, status, StatusTable::V4);
+    if result_failed && by_status == Outcome::Finished {
+        return Outcome::FailedThreshold;
+    }
+    event_outcome.unwrap_or(by_status)
+}
+
 /// The outcome named by a status text, if it names one. Case-insensitive, and
 /// "Aborting by X" (the transient state) counts as "Aborted by X".
 pub fn from_text(text: &str) -> Option<Outcome> {
@@ -178,6 +195,32 @@ mod tests {
             classify(None, 8, StatusTable::V4),
             Outcome::AbortedByThreshold
         );
+    }
+
+    #[test]
+    fn k6cloud_result_then_event_then_text_then_code() {
+        use Outcome::*;
+        assert_eq!(
+            classify_k6cloud(None, Some("Finished"), 3, true),
+            FailedThreshold
+        );
+        assert_eq!(
+            classify_k6cloud(Some(Finished), None, 3, true),
+            FailedThreshold
+        );
+        assert_eq!(classify_k6cloud(None, None, 3, false), Finished);
+        assert_eq!(
+            classify_k6cloud(Some(AbortedByLimit), Some("Finished"), 3, false),
+            AbortedByLimit
+        );
+        assert_eq!(
+            classify_k6cloud(None, Some("Aborted by user"), 9, false),
+            AbortedByUser
+        );
+        // The k6 table, not Load Impact 3.0's: 9 is aborted by limit there.
+        assert_eq!(classify_k6cloud(None, None, 9, false), AbortedByLimit);
+        // A failed result on an aborted run keeps the abort.
+        assert_eq!(classify_k6cloud(None, None, 5, true), AbortedByUser);
     }
 
     #[test]

@@ -287,7 +287,7 @@ impl Writer {
         for request in &group {
             match request {
                 Request::Webhook { delivery, .. } => {
-                    wanted.add_delivery(delivery.request_id.as_deref(), &delivery.event);
+                    wanted.add_delivery(&delivery.request_ids, &delivery.event);
                     webhooks += 1;
                 }
                 Request::Other { input, .. } => {
@@ -324,7 +324,7 @@ impl Writer {
                 } => {
                     let applied = shared.machine.apply_webhook(
                         &mut state,
-                        delivery.request_id,
+                        delivery.request_ids,
                         delivery.event,
                         at,
                         &mut changes,
@@ -473,7 +473,7 @@ mod tests {
 
     fn ping(id: &str) -> Delivery {
         Delivery {
-            request_id: Some(id.into()),
+            request_ids: vec![id.into()],
             event: Event::NotificationChannel,
         }
     }

@@ -240,6 +240,14 @@ async fn read_and_parse(app: &App, req: Request<Incoming>) -> Result<webhook::De
     let content_type = header("content-type").map_err(header_error)?;
     let event = header("x-loadimpact-event").map_err(header_error)?;
     let request_id = header("x-loadimpact-id").map_err(header_error)?;
+    let k6_event = header("x-k6cloud-event").map_err(header_error)?;
+    let k6_id = header("x-k6cloud-id").map_err(header_error)?;
+    // Only read to tell the formats apart: an odd one is no error.
+    let user_agent = req
+        .headers()
+        .get("user-agent")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
 
     let body = match Limited::new(req.into_body(), app.max_body_bytes)
         .collect()
@@ -259,6 +267,9 @@ async fn read_and_parse(app: &App, req: Request<Incoming>) -> Result<webhook::De
         content_type: content_type.as_deref(),
         event: event.as_deref(),
         request_id: request_id.as_deref(),
+        k6_event: k6_event.as_deref(),
+        k6_id: k6_id.as_deref(),
+        user_agent: user_agent.as_deref(),
     };
     webhook::parse(headers, &body).map_err(|e: WebhookError| {
         let status = StatusCode::from_u16(e.status()).unwrap_or(StatusCode::BAD_REQUEST);

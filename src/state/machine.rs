@@ -7,17 +7,17 @@ use super::{
     SpanRecord, State,
 };
 use crate::clock::{millis, Millis};
-use crate::outcome::{classify, Outcome, StatusTable};
-use crate::webhook::{Event, Project, RunEvent, RunEventKind};
+use crate::outcome::{classify, classify_k6cloud, Outcome, StatusTable};
+use crate::webhook::{Event, Format, Project, RunEvent, RunEventKind};
 use std::collections::BTreeMap;
 use std::time::Duration;
 
 /// An input to the state machine.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Input {
-    /// A valid delivery, received at `at`.
+    /// A valid delivery, received at `at`, with the ids that identify it.
     Webhook {
-        request_id: Option<String>,
+        request_ids: Vec<String>,
         event: Event,
         at: Millis,
     },
@@ -113,10 +113,10 @@ impl Machine {
     pub fn apply(&self, state: &mut State, input: Input, changes: &mut Changes) -> Option<Applied> {
         match input {
             Input::Webhook {
-                request_id,
+                request_ids,
                 event,
                 at,
-            } => Some(self.apply_webhook(state, request_id, event, at, changes)),
+            } => Some(self.apply_webhook(state, request_ids, event, at, changes)),
             Input::Rejected { code } => {
                 state.bump(CounterKey::Requests { code }, changes);
                 None
@@ -146,7 +146,7 @@ impl Machine {
     pub fn apply_webhook(
         &self,
         state: &mut State,
-        request_id: Option<String>,
+        request_ids: Vec<String>,
         event: Event,
         at: Millis,
         changes: &mut Changes,
@@ -154,7 +154,8 @@ impl Machine {
         let name = event.name();
         state.bump(CounterKey::Requests { code: 200 }, changes);
 
-        let seen_before = request_id.as_ref().is_some_and(|id| {
+        // A repeat of any of its ids makes a delivery a duplicate.
+        let seen_before = request_ids.iter().any(|id| {
             state
                 .dedup
                 .get(id)
@@ -167,7 +168,7 @@ impl Machine {
             };
             Applied::new(EventResult::Duplicate, name, run_id)
         } else {
-            if let Some(id) = request_id {
+            for id in request_ids {
                 changes.touch(state, Key::Dedup(id.clone()));
                 state.dedup.insert(id, at);
             }
@@ -220,6 +221,8 @@ impl Machine {
             status_text: None,
             outcome: None,
             last_event_at: at,
+            reported_start: None,
+            reported_end: None,
         });
         let mut applied = Applied {
             outcome: run.outcome,
@@ -234,6 +237,9 @@ impl Machine {
                 }
                 run.started_at = Some(at);
                 run.last_event_at = at;
+                if run.reported_start.is_none() {
+                    run.reported_start = event.reported_start;
+                }
                 if run.finished_at.is_some() {
                     run.started_late = true;
                     applied.result = EventResult::Ignored;
@@ -249,11 +255,23 @@ impl Machine {
                 if run.finished_at.is_some() {
                     return applied;
                 }
-                let outcome = classify(
-                    event.status_text.as_deref(),
-                    event.status,
-                    self.status_table,
-                );
+                let outcome = match event.format {
+                    Format::LoadImpact => classify(
+                        event.status_text.as_deref(),
+                        event.status,
+                        self.status_table,
+                    ),
+                    Format::K6Cloud => classify_k6cloud(
+                        event.event_outcome,
+                        event.status_text.as_deref(),
+                        event.status,
+                        event.result_failed,
+                    ),
+                };
+                if event.reported_start.is_some() {
+                    run.reported_start = event.reported_start;
+                }
+                run.reported_end = event.reported_end;
                 run.finished_at = Some(at);
                 run.last_event_at = at;
                 run.status = Some(event.status);

@@ -85,16 +85,16 @@ impl Wanted {
     /// Adds what `input` may read.
     pub fn add(&mut self, input: &Input) {
         if let Input::Webhook {
-            request_id, event, ..
+            request_ids, event, ..
         } = input
         {
-            self.add_delivery(request_id.as_deref(), event);
+            self.add_delivery(request_ids, event);
         }
     }
 
-    /// Adds what a delivery with this request id and event may read.
-    pub fn add_delivery(&mut self, request_id: Option<&str>, event: &Event) {
-        self.request_ids.extend(request_id.map(str::to_owned));
+    /// Adds what a delivery with these ids and this event may read.
+    pub fn add_delivery(&mut self, request_ids: &[String], event: &Event) {
+        self.request_ids.extend(request_ids.iter().cloned());
         if let Event::Run(run) = event {
             self.run_ids.push(run.load_test_run_id);
         }

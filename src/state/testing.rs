@@ -30,6 +30,7 @@ pub(crate) fn run_event(
         name: Some(format!("test {}", run % 3)),
         status,
         status_text: (!text.is_empty()).then(|| text.to_owned()),
+        ..RunEvent::default()
     })
 }
 
@@ -118,7 +119,7 @@ pub(crate) fn input_of(step: &Step, i: usize, at: Millis) -> Input {
         _ => None,
     };
     Input::Webhook {
-        request_id,
+        request_ids: request_id.into_iter().collect(),
         event: event_of(step),
         at,
     }

@@ -4,6 +4,7 @@
 use super::testing::*;
 use super::*;
 use crate::outcome::{classify, StatusTable};
+use crate::webhook::{RunEvent, RunEventKind};
 use proptest::prelude::*;
 
 /// Run counters and duration histograms: what a duplicate must never move.
@@ -40,7 +41,10 @@ impl Harness {
 
     fn deliver(&mut self, id: &str, event: Event, at: Millis) -> EventResult {
         self.apply(Input::Webhook {
-            request_id: (!id.is_empty()).then(|| id.to_owned()),
+            request_ids: (!id.is_empty())
+                .then(|| id.to_owned())
+                .into_iter()
+                .collect(),
             event,
             at,
         })
@@ -414,7 +418,7 @@ proptest! {
         let mut changes = Changes::default();
         for (i, s) in group.iter().enumerate() {
             let input = Input::Webhook {
-                request_id: Some(format!("g-{i}-{}", s.id_kind)),
+                request_ids: vec![format!("g-{i}-{}", s.id_kind)],
                 event: event_of(s),
                 at: 50_000 + i as i64,
             };
@@ -512,4 +516,137 @@ fn a_full_outbox_drops_new_spans_and_counts_them() {
     assert_eq!(h.counter(CounterKey::SpansDropped), 1);
     // All three still count as finished runs.
     assert_eq!(h.counter(CounterKey::Finished(P1, Outcome::Finished)), 3);
+}
+
+// ---- Grafana Cloud k6 notifications -----------------------------------------
+
+fn k6_finish(run: u64, project: Project, status: i64, result_failed: bool) -> RunEvent {
+    RunEvent {
+        kind: RunEventKind::Finished,
+        load_test_run_id: run,
+        load_test_id: run % 3,
+        project,
+        status,
+        format: crate::webhook::Format::K6Cloud,
+        result_failed,
+        ..RunEvent::default()
+    }
+}
+
+#[test]
+fn a_k6cloud_finish_reads_the_k6_table_and_its_result_whatever_the_flag() {
+    let mut h = Harness::new();
+    assert_eq!(h.machine.status_table, StatusTable::V3);
+    // 9 is "aborted by limit" in the k6 table (Load Impact 3.0: script error).
+    h.deliver("a", Event::Run(k6_finish(1, P1, 9, false)), 0);
+    assert_eq!(
+        h.counter(CounterKey::Finished(P1, Outcome::AbortedByLimit)),
+        1
+    );
+    // Finished with a failed result: a failed threshold.
+    h.deliver("b", Event::Run(k6_finish(2, P1, 3, true)), 0);
+    assert_eq!(
+        h.counter(CounterKey::Finished(P1, Outcome::FailedThreshold)),
+        1
+    );
+    // The event identifier's outcome wins over the code.
+    let named = RunEvent {
+        event_outcome: Some(Outcome::AbortedByUser),
+        ..k6_finish(3, P1, 3, false)
+    };
+    h.deliver("c", Event::Run(named), 0);
+    assert_eq!(
+        h.counter(CounterKey::Finished(P1, Outcome::AbortedByUser)),
+        1
+    );
+}
+
+#[test]
+fn reported_times_give_the_duration_and_the_span_and_bad_ones_fall_back() {
+    let mut h = Harness {
+        machine: Machine {
+            spans_max_pending: Some(10),
+            ..Machine::default()
+        },
+        ..Harness::new()
+    };
+    // Both deliveries arrive a second apart; the body says the run took 90 s.
+    let started = RunEvent {
+        kind: RunEventKind::Started,
+        reported_start: Some(100_000),
+        ..k6_finish(1, P1, 2, false)
+    };
+    h.deliver("s", Event::Run(started), 500_000);
+    let finished = RunEvent {
+        reported_start: Some(100_000),
+        reported_end: Some(190_000),
+        ..k6_finish(1, P1, 3, false)
+    };
+    h.deliver("f", Event::Run(finished), 501_000);
+    let hist = &h.state.histograms[&(P1, Outcome::Finished)];
+    assert_eq!((hist.count, hist.sum_millis), (1, 90_000));
+    assert_eq!(h.state.load_tests[&1].last_duration_millis, Some(90_000));
+    let span = &h.state.outbox[&1];
+    assert_eq!((span.start, span.end), (Some(100_000), 190_000));
+
+    // An inverted pair falls back to the times of receipt.
+    h.deliver("s2", start(2, P1), 600_000);
+    let inverted = RunEvent {
+        reported_start: Some(190_000),
+        reported_end: Some(100_000),
+        ..k6_finish(2, P1, 3, false)
+    };
+    h.deliver("f2", Event::Run(inverted), 601_500);
+    assert_eq!(
+        h.state.histograms[&(P1, Outcome::Finished)].sum_millis,
+        91_500
+    );
+    assert_eq!(h.state.outbox[&2].start, Some(600_000));
+    assert_eq!(h.state.outbox[&2].end, 601_500);
+}
+
+#[test]
+fn a_run_started_in_one_format_and_finished_in_the_other_is_one_run() {
+    let mut h = Harness::new();
+    h.deliver("legacy-start", start(7, P1), 1_000);
+    h.deliver("k6-finish", Event::Run(k6_finish(7, P1, 3, false)), 4_000);
+    assert_eq!(h.counter(CounterKey::Started(P1)), 1);
+    assert_eq!(h.counter(CounterKey::Finished(P1, Outcome::Finished)), 1);
+    assert_eq!(h.running(P1), 0);
+    assert_eq!(
+        h.state.histograms[&(P1, Outcome::Finished)].sum_millis,
+        3_000
+    );
+    // A k6 Cloud repeat under another id, of the run's finish: a duplicate.
+    let again = h.deliver(
+        "k6-finish-again",
+        Event::Run(k6_finish(7, P1, 3, false)),
+        5_000,
+    );
+    assert_eq!(again, EventResult::Duplicate);
+}
+
+#[test]
+fn any_of_a_deliverys_ids_makes_it_a_duplicate() {
+    let mut h = Harness::new();
+    let ping = |ids: &[&str], at| Input::Webhook {
+        request_ids: ids.iter().map(|id| (*id).to_owned()).collect(),
+        event: Event::NotificationChannel,
+        at,
+    };
+    let result = |a: Option<Applied>| a.expect("webhook").result;
+    assert_eq!(
+        result(h.apply(ping(&["req-1", "event-1"], 0))),
+        EventResult::Accepted
+    );
+    // The same event under a new request id, and the same request id alone.
+    assert_eq!(
+        result(h.apply(ping(&["req-2", "event-1"], 1))),
+        EventResult::Duplicate
+    );
+    assert_eq!(result(h.apply(ping(&["req-1"], 2))), EventResult::Duplicate);
+    assert_eq!(
+        result(h.apply(ping(&["req-3", "event-3"], 3))),
+        EventResult::Accepted
+    );
 }

@@ -65,6 +65,12 @@ pub struct Run {
     pub outcome: Option<Outcome>,
     /// The last time any event for this run was applied (retention clock).
     pub last_event_at: Millis,
+    /// When the run started and ended as the deliveries' bodies say (k6
+    /// Cloud's `test.started` and `test.ended`), where they say it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reported_start: Option<Millis>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reported_end: Option<Millis>,
 }
 
 impl Run {
@@ -88,6 +94,9 @@ impl Run {
 
     /// From start to finish, for a run that had both in that order.
     pub fn duration_millis(&self) -> Option<u64> {
+        if let Some((start, end)) = self.reported_times() {
+            return Some(u64::try_from(end - start).unwrap_or(0));
+        }
         match (self.started_at, self.finished_at) {
             (Some(started), Some(finished)) if !self.started_late => {
                 Some(u64::try_from(finished.saturating_sub(started)).unwrap_or(0))
@@ -98,14 +107,28 @@ impl Run {
 }
 
 impl Run {
-    /// The run's span, ending at `end`.
+    /// The start and end the bodies reported, when both are there and in
+    /// order: they win over the times of receipt.
+    pub fn reported_times(&self) -> Option<(Millis, Millis)> {
+        match (self.reported_start, self.reported_end) {
+            (Some(start), Some(end)) if start <= end => Some((start, end)),
+            _ => None,
+        }
+    }
+
+    /// The run's span, ending at `end` (unless the bodies reported both
+    /// ends, which it then spans).
     pub fn span(&self, end: Millis, end_kind: SpanEnd) -> SpanRecord {
+        let (start, end) = match self.reported_times() {
+            Some((start, end)) => (Some(start), end),
+            None => (self.started_at, end),
+        };
         SpanRecord {
             project: self.project,
             load_test_id: self.load_test_id,
             user_id: self.user_id,
             name: self.name.clone(),
-            start: self.started_at,
+            start,
             end,
             end_kind,
         }

@@ -457,7 +457,7 @@ mod tests {
 
     fn run_event(kind: RunEventKind, run: u64, status: i64) -> Input {
         Input::Webhook {
-            request_id: Some(format!("{run}-{}", kind.name())),
+            request_ids: vec![format!("{run}-{}", kind.name())],
             event: Event::Run(RunEvent {
                 kind,
                 load_test_run_id: run,
@@ -470,6 +470,7 @@ mod tests {
                 name: Some("name \"quoted\"".into()),
                 status,
                 status_text: None,
+                ..RunEvent::default()
             }),
             at: 1_000 + run as i64,
         }

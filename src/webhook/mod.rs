@@ -1,10 +1,17 @@
-//! Parsing and validation of one Load Impact webhook delivery.
+//! Parsing and validation of one webhook delivery, in either format: Load
+//! Impact's fixed bodies (here) or Grafana Cloud k6's templates
+//! ([`k6cloud`]), told apart by their headers or, when a proxy stripped
+//! those, by the body's shape.
 //!
 //! Turns the headers and body of a `POST` into a typed [`Delivery`], or into a
 //! [`WebhookError`] that says which HTTP status to answer and why. Pure: no I/O,
 //! no clock, no state, so every rejection is decided here and nothing else in
 //! the exporter ever sees a malformed event.
 
+mod k6cloud;
+
+use crate::clock::Millis;
+use crate::outcome::Outcome;
 use serde_json::value::RawValue;
 use serde_json::Value;
 use std::collections::HashMap;
@@ -17,7 +24,17 @@ pub const EVENT_NOTIFICATION_CHANNEL: &str = "test.notification_channel";
 /// The organization and project a run belongs to: the labels of every
 /// per-project series.
 #[derive(
-    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+    Debug,
+    Clone,
+    Copy,
+    Default,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    serde::Serialize,
+    serde::Deserialize,
 )]
 pub struct Project {
     pub organization_id: u64,
@@ -44,8 +61,9 @@ impl Event {
 }
 
 /// Whether a run event opens or closes the run.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum RunEventKind {
+    #[default]
     Started,
     Finished,
 }
@@ -59,8 +77,20 @@ impl RunEventKind {
     }
 }
 
+/// Which service's format a delivery came in: it decides how the status
+/// reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Format {
+    /// Load Impact's fixed bodies: the status table is `--status-table`'s.
+    #[default]
+    LoadImpact,
+    /// Grafana Cloud k6's notification templates: always the k6 table, and
+    /// the event identifier and `test.result` say more.
+    K6Cloud,
+}
+
 /// The body of a `test.started` or `test.finished` event.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Default)]
 pub struct RunEvent {
     pub kind: RunEventKind,
     pub load_test_run_id: u64,
@@ -70,12 +100,25 @@ pub struct RunEvent {
     pub name: Option<String>,
     pub status: i64,
     pub status_text: Option<String>,
+    pub format: Format,
+    /// The outcome a specific k6 Cloud event identifier names
+    /// (`test.finished.aborted_user`).
+    pub event_outcome: Option<Outcome>,
+    /// k6 Cloud's `test.result` was 1: the run failed (a threshold).
+    pub result_failed: bool,
+    /// When the run started and ended, as the body says (k6 Cloud's
+    /// `test.started` and `test.ended`); `None` where it does not say, or
+    /// says something unreadable.
+    pub reported_start: Option<Millis>,
+    pub reported_end: Option<Millis>,
 }
 
-/// One parsed delivery: the event and Load Impact's request id, if it sent one.
+/// One parsed delivery: the event and the ids that identify it (Load
+/// Impact's `X-LoadImpact-ID`; k6 Cloud's `X-k6cloud-ID` and `event.id`).
+/// A delivery any of whose ids was seen before is a duplicate.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Delivery {
-    pub request_id: Option<String>,
+    pub request_ids: Vec<String>,
     pub event: Event,
 }
 
@@ -83,8 +126,20 @@ pub struct Delivery {
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Headers<'a> {
     pub content_type: Option<&'a str>,
+    /// `X-LoadImpact-Event`.
     pub event: Option<&'a str>,
+    /// `X-LoadImpact-ID`.
     pub request_id: Option<&'a str>,
+    /// `X-k6cloud-Event`.
+    pub k6_event: Option<&'a str>,
+    /// `X-k6cloud-ID`.
+    pub k6_id: Option<&'a str>,
+    pub user_agent: Option<&'a str>,
+}
+
+/// A header's value, trimmed; `None` when absent or blank.
+fn header(value: Option<&str>) -> Option<&str> {
+    value.map(str::trim).filter(|s| !s.is_empty())
 }
 
 /// Why a delivery was rejected; each maps to one HTTP status.
@@ -103,12 +158,17 @@ pub enum WebhookError {
         field: &'static str,
         expected: &'static str,
     },
-    #[error("header X-LoadImpact-Event is {header:?} but the body's event is {body:?}")]
-    EventMismatch { header: String, body: String },
-    #[error(
-        "unknown event {0:?}; expected test.started, test.finished or test.notification_channel"
-    )]
-    UnknownEvent(String),
+    #[error("header {name} is {header:?} but the body's event is {body:?}")]
+    EventMismatch {
+        name: &'static str,
+        header: String,
+        body: String,
+    },
+    #[error("unknown event {event:?}; expected {expected}")]
+    UnknownEvent {
+        event: String,
+        expected: &'static str,
+    },
 }
 
 impl WebhookError {
@@ -116,7 +176,7 @@ impl WebhookError {
     pub fn status(&self) -> u16 {
         match self {
             WebhookError::UnsupportedContentType(_) => 415,
-            WebhookError::UnknownEvent(_) => 422,
+            WebhookError::UnknownEvent { .. } => 422,
             _ => 400,
         }
     }
@@ -127,7 +187,8 @@ impl WebhookError {
             WebhookError::MissingField(field) | WebhookError::WrongType { field, .. } => {
                 Some(field)
             }
-            WebhookError::EventMismatch { .. } | WebhookError::UnknownEvent(_) => Some("event"),
+            WebhookError::EventMismatch { .. } => Some("event"),
+            WebhookError::UnknownEvent { .. } => Some("event"),
             _ => None,
         }
     }
@@ -151,7 +212,15 @@ fn is_json_content_type(content_type: &str) -> bool {
 /// only when read. A number that JSON can write but no field can hold (such
 /// as `1e400`) is then blamed on its field rather than on the whole body, and
 /// unknown extra fields are never parsed at all.
-struct Fields(HashMap<String, Box<RawValue>>);
+///
+/// A nested object (k6 Cloud's `test`, `event`, `user`) is read the same
+/// way, with its path as the prefix of the names its errors give
+/// (`test.project_id`).
+struct Fields {
+    map: HashMap<String, Box<RawValue>>,
+    /// `""` at the top level, else the object's path and a dot (`"test."`).
+    prefix: &'static str,
+}
 
 /// What a field must hold, for reading it and for naming it in an error.
 struct Kind<T> {
@@ -213,8 +282,36 @@ impl Fields {
             )));
         }
         serde_json::from_str(raw.get())
-            .map(Fields)
+            .map(|map| Fields { map, prefix: "" })
             .map_err(|e| WebhookError::InvalidJson(e.to_string()))
+    }
+
+    /// The raw value of `field`, a name with this object's prefix.
+    fn raw(&self, field: &'static str) -> Option<&RawValue> {
+        let key = field.strip_prefix(self.prefix).unwrap_or(field);
+        self.map.get(key).map(|raw| &**raw)
+    }
+
+    /// The object under `field`, whose fields are named `prefix` + name
+    /// (`prefix` is `field` and a dot); absent or `null` is `None`.
+    fn object(
+        &self,
+        field: &'static str,
+        prefix: &'static str,
+    ) -> Result<Option<Fields>, WebhookError> {
+        let Some(raw) = self.raw(field).filter(|raw| raw.get() != "null") else {
+            return Ok(None);
+        };
+        let wrong = WebhookError::WrongType {
+            field,
+            expected: "an object",
+        };
+        if !raw.get().starts_with('{') {
+            return Err(wrong);
+        }
+        serde_json::from_str(raw.get())
+            .map(|map| Some(Fields { map, prefix }))
+            .map_err(|_| wrong)
     }
 
     /// Reads `field` as `kind`; absent or `null` is `None`.
@@ -223,7 +320,7 @@ impl Fields {
             field,
             expected: kind.expected,
         };
-        let Some(raw) = self.0.get(field) else {
+        let Some(raw) = self.raw(field) else {
             return Ok(None);
         };
         // Only a number out of every range fails to parse here: the syntax
@@ -251,11 +348,15 @@ pub fn parse(headers: Headers<'_>, body: &[u8]) -> Result<Delivery, WebhookError
         }
     }
     let fields = Fields::parse(body)?;
+    if k6cloud::is_k6cloud(&headers, &fields) {
+        return k6cloud::parse(&headers, &fields);
+    }
     let body_event = fields.optional("event", &STRING)?;
-    let header_event = headers.event.map(str::trim).filter(|s| !s.is_empty());
+    let header_event = header(headers.event);
     let event_name = match (header_event, body_event.as_deref()) {
         (Some(header), Some(body)) if header != body => {
             return Err(WebhookError::EventMismatch {
+                name: "X-LoadImpact-Event",
                 header: header.to_owned(),
                 body: body.to_owned(),
             })
@@ -268,14 +369,18 @@ pub fn parse(headers: Headers<'_>, body: &[u8]) -> Result<Delivery, WebhookError
         EVENT_STARTED => Event::Run(run_event(RunEventKind::Started, &fields)?),
         EVENT_FINISHED => Event::Run(run_event(RunEventKind::Finished, &fields)?),
         EVENT_NOTIFICATION_CHANNEL => Event::NotificationChannel,
-        other => return Err(WebhookError::UnknownEvent(other.to_owned())),
+        other => {
+            return Err(WebhookError::UnknownEvent {
+                event: other.to_owned(),
+                expected: "test.started, test.finished or test.notification_channel",
+            })
+        }
     };
-    let request_id = headers
-        .request_id
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
-        .map(str::to_owned);
-    Ok(Delivery { request_id, event })
+    let request_ids = header(headers.request_id).map(str::to_owned);
+    Ok(Delivery {
+        request_ids: request_ids.into_iter().collect(),
+        event,
+    })
 }
 
 fn run_event(kind: RunEventKind, fields: &Fields) -> Result<RunEvent, WebhookError> {
@@ -291,6 +396,7 @@ fn run_event(kind: RunEventKind, fields: &Fields) -> Result<RunEvent, WebhookErr
         name: fields.optional("name", &STRING)?,
         status: fields.required("status", &INTEGER)?,
         status_text: fields.optional("status_text", &STRING)?,
+        ..RunEvent::default()
     })
 }
 
@@ -319,11 +425,12 @@ mod tests {
                 content_type: Some("application/json; charset=utf-8"),
                 event: Some("test.finished"),
                 request_id: Some("abc"),
+                ..Headers::default()
             },
             &body(),
         )
         .expect("valid");
-        assert_eq!(delivery.request_id.as_deref(), Some("abc"));
+        assert_eq!(delivery.request_ids, vec!["abc".to_owned()]);
         let Event::Run(run) = delivery.event else {
             panic!("not a run event")
         };
@@ -348,7 +455,7 @@ mod tests {
         )
         .expect("valid");
         assert_eq!(d.event, Event::NotificationChannel);
-        assert_eq!(d.request_id, None);
+        assert!(d.request_ids.is_empty());
     }
 
     #[test]
@@ -473,7 +580,7 @@ mod tests {
             let headers = Headers {
                 content_type: content_type.as_deref(),
                 event: event.as_deref(),
-                request_id: None,
+                ..Headers::default()
             };
             if let Err(e) = parse(headers, &body) {
                 proptest::prop_assert!([400, 415, 422].contains(&e.status()), "{e:?}");

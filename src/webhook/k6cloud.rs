@@ -1,0 +1,376 @@
+//! Grafana Cloud k6 (k6 Cloud) notifications: the format today's users send.
+//!
+//! The body is a user-written template rendered to JSON; the parser reads the
+//! fields of k6 Cloud's "Generic Template" (`test.*`, `event.*`, `user.*`),
+//! names every missing or mistyped required one by its dotted path
+//! (`test.project_id`), and ignores the rest. Headers: `X-k6cloud-ID` (unique
+//! per request), `X-k6cloud-Event` (the event, short as `test.started` or
+//! full as `test.finished.aborted_user`), `User-Agent: K6CloudWebHook`. A
+//! delivery is taken for this format by any of those headers, or, where a
+//! proxy stripped them, by its shape (see [`is_k6cloud`]).
+
+use super::{
+    header, Delivery, Event, Fields, Format, Headers, Project, RunEvent, RunEventKind,
+    WebhookError, ID, INTEGER, STRING,
+};
+use crate::clock::Millis;
+use crate::outcome::Outcome;
+
+/// Prefix of the dedup key made from the body's `event.id`, so that it never
+/// meets a request id by chance.
+pub const EVENT_ID_PREFIX: &str = "k6cloud-event:";
+
+/// The event identifiers, in the order the 422 lists them.
+const EXPECTED: &str = "test.started[.manual|.scheduled|.all] or \
+    test.finished[.finished|.success|.failed|.timed_out|.aborted_user|.aborted_system|\
+    .aborted_script_error|.aborted_threshold|.aborted_limit|.all]";
+
+/// True when the delivery is in this format: by its headers (k6 Cloud's, or
+/// Load Impact's), else by its shape: an `event` object is k6 Cloud's (Load
+/// Impact's `event` is a string), and with no `event`, a `test` object is.
+/// A Load Impact body may carry any extra field, `test` too.
+pub(super) fn is_k6cloud(headers: &Headers<'_>, fields: &Fields) -> bool {
+    if header(headers.k6_event).is_some()
+        || header(headers.k6_id).is_some()
+        || headers
+            .user_agent
+            .is_some_and(|ua| ua.trim_start().starts_with("K6CloudWebHook"))
+    {
+        return true;
+    }
+    if header(headers.event).is_some() || header(headers.request_id).is_some() {
+        return false;
+    }
+    let is_object = |field| {
+        fields
+            .raw(field)
+            .is_some_and(|raw| raw.get().starts_with('{'))
+    };
+    match fields.raw("event") {
+        Some(raw) if raw.get() != "null" => is_object("event"),
+        _ => is_object("test"),
+    }
+}
+
+/// What an event identifier says: start or finish, and the outcome a
+/// specific finish names.
+fn event_kind(name: &str) -> Option<(RunEventKind, Option<Outcome>)> {
+    use Outcome::*;
+    use RunEventKind::{Finished as Finish, Started as Start};
+    Some(match name {
+        "test.started" | "test.started.manual" | "test.started.scheduled" | "test.started.all" => {
+            (Start, None)
+        }
+        "test.finished" | "test.finished.all" => (Finish, None),
+        "test.finished.finished" | "test.finished.success" => (Finish, Some(Finished)),
+        "test.finished.failed" => (Finish, Some(FailedThreshold)),
+        "test.finished.timed_out" => (Finish, Some(TimedOut)),
+        "test.finished.aborted_user" => (Finish, Some(AbortedByUser)),
+        "test.finished.aborted_system" => (Finish, Some(AbortedBySystem)),
+        "test.finished.aborted_script_error" => (Finish, Some(AbortedByScriptError)),
+        "test.finished.aborted_threshold" => (Finish, Some(AbortedByThreshold)),
+        "test.finished.aborted_limit" => (Finish, Some(AbortedByLimit)),
+        _ => return None,
+    })
+}
+
+/// A time as k6 Cloud writes it (ISO 8601 in GMT, `T` or a space, optional
+/// fraction and `Z`), in milliseconds; `None` for anything else, so that an
+/// unreadable time falls back to the time of receipt.
+fn time(fields: &Fields, field: &'static str) -> Option<Millis> {
+    let text = fields.optional(field, &STRING).ok().flatten()?;
+    let at = humantime::parse_rfc3339_weak(text.trim()).ok()?;
+    let since = at.duration_since(std::time::UNIX_EPOCH).ok()?;
+    Some(crate::clock::millis(since))
+}
+
+/// Parses a k6 Cloud notification.
+pub(super) fn parse(headers: &Headers<'_>, fields: &Fields) -> Result<Delivery, WebhookError> {
+    let event = fields.object("event", "event.")?;
+    let body_event = match &event {
+        Some(event) => event.optional("event.type", &STRING)?,
+        None => None,
+    };
+    let header_event = header(headers.k6_event);
+    let name = match (header_event, body_event.as_deref()) {
+        (Some(header), Some(body)) if header != body => {
+            return Err(WebhookError::EventMismatch {
+                name: "X-k6cloud-Event",
+                header: header.to_owned(),
+                body: body.to_owned(),
+            })
+        }
+        (_, Some(name)) | (Some(name), None) => name.to_owned(),
+        (None, None) => return Err(WebhookError::MissingField("event.type")),
+    };
+    let Some((kind, event_outcome)) = event_kind(&name) else {
+        return Err(WebhookError::UnknownEvent {
+            event: name,
+            expected: EXPECTED,
+        });
+    };
+    let test = fields
+        .object("test", "test.")?
+        .ok_or(WebhookError::MissingField("test"))?;
+    let user = fields.object("user", "user.")?;
+    let user_id = match &user {
+        Some(user) => user.optional("user.id", &ID)?,
+        None => None,
+    };
+    let result = test.optional("test.result", &INTEGER)?;
+    let run = RunEvent {
+        kind,
+        load_test_run_id: test.required("test.id", &ID)?,
+        load_test_id: test.required("test.load_test_id", &ID)?,
+        project: Project {
+            organization_id: test.required("test.organization_id", &ID)?,
+            project_id: test.required("test.project_id", &ID)?,
+        },
+        user_id,
+        name: test.optional("test.name", &STRING)?,
+        status: test.required("test.status", &INTEGER)?,
+        status_text: test.optional("test.status_text", &STRING)?,
+        format: Format::K6Cloud,
+        event_outcome,
+        result_failed: result == Some(1),
+        reported_start: time(&test, "test.started"),
+        reported_end: time(&test, "test.ended"),
+    };
+    let event_id = match &event {
+        Some(event) => event.optional("event.id", &STRING)?,
+        None => None,
+    };
+    let request_ids = header(headers.k6_id)
+        .map(str::to_owned)
+        .into_iter()
+        .chain(
+            event_id
+                .filter(|id| !id.trim().is_empty())
+                .map(|id| format!("{EVENT_ID_PREFIX}{}", id.trim())),
+        )
+        .collect();
+    Ok(Delivery {
+        request_ids,
+        event: Event::Run(run),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::parse as parse_any;
+    use super::*;
+    use serde_json::{json, Value};
+
+    /// The Generic Template's body, rendered for a finished run.
+    fn body() -> Value {
+        json!({
+            "event": {"id": "ev-1", "type": "test.finished.finished", "text": "Test finished"},
+            "test": {
+                "organization_id": 1, "project_id": 42, "id": 5001, "url": "https://x/runs/5001",
+                "load_test_id": 700, "load_test_url": "https://x/tests/700",
+                "name": "checkout \"flow\" é", "was_scheduled": 0,
+                "started": "2024-05-06T10:00:00Z", "ended": "2024-05-06T10:01:30Z",
+                "status": 3, "status_text": "Finished", "result": 0, "result_text": "Passed"
+            },
+            "user": {"id": 9, "name": "someone"},
+            "errors": []
+        })
+    }
+
+    fn parse(headers: Headers<'_>, value: &Value) -> Result<Delivery, WebhookError> {
+        parse_any(headers, value.to_string().as_bytes())
+    }
+
+    fn run_of(delivery: Delivery) -> RunEvent {
+        match delivery.event {
+            Event::Run(run) => run,
+            other => panic!("not a run: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn the_generic_template_is_read_by_its_shape_alone() {
+        let d = parse(Headers::default(), &body()).expect("valid");
+        assert_eq!(d.request_ids, vec!["k6cloud-event:ev-1".to_owned()]);
+        let run = run_of(d);
+        assert_eq!(run.format, Format::K6Cloud);
+        assert_eq!(run.kind, RunEventKind::Finished);
+        assert_eq!(run.event_outcome, Some(Outcome::Finished));
+        assert_eq!(run.load_test_run_id, 5001);
+        assert_eq!(run.load_test_id, 700);
+        assert_eq!(run.project.project_id, 42);
+        assert_eq!(run.user_id, Some(9));
+        assert_eq!(run.name.as_deref(), Some("checkout \"flow\" é"));
+        assert_eq!(run.reported_start, Some(1_714_989_600_000));
+        assert_eq!(run.reported_end, Some(1_714_989_690_000));
+        assert!(!run.result_failed);
+    }
+
+    #[test]
+    fn headers_name_the_format_and_the_event() {
+        let mut b = body();
+        b.as_object_mut().map(|o| o.remove("event"));
+        let headers = Headers {
+            k6_event: Some("test.started"),
+            k6_id: Some("req-7"),
+            ..Headers::default()
+        };
+        let d = parse(headers, &b).expect("valid");
+        assert_eq!(d.request_ids, vec!["req-7".to_owned()]);
+        assert_eq!(run_of(d).kind, RunEventKind::Started);
+        // A mismatch between header and body is refused.
+        let headers = Headers {
+            k6_event: Some("test.started"),
+            ..Headers::default()
+        };
+        let err = parse(headers, &body()).expect_err("mismatch");
+        assert_eq!((err.status(), err.field()), (400, Some("event")));
+    }
+
+    #[test]
+    fn every_event_identifier_is_known() {
+        for (name, kind, outcome) in [
+            ("test.started.manual", RunEventKind::Started, None),
+            ("test.started.scheduled", RunEventKind::Started, None),
+            ("test.started.all", RunEventKind::Started, None),
+            ("test.finished.all", RunEventKind::Finished, None),
+            (
+                "test.finished.success",
+                RunEventKind::Finished,
+                Some(Outcome::Finished),
+            ),
+            (
+                "test.finished.failed",
+                RunEventKind::Finished,
+                Some(Outcome::FailedThreshold),
+            ),
+            (
+                "test.finished.timed_out",
+                RunEventKind::Finished,
+                Some(Outcome::TimedOut),
+            ),
+            (
+                "test.finished.aborted_user",
+                RunEventKind::Finished,
+                Some(Outcome::AbortedByUser),
+            ),
+            (
+                "test.finished.aborted_system",
+                RunEventKind::Finished,
+                Some(Outcome::AbortedBySystem),
+            ),
+            (
+                "test.finished.aborted_script_error",
+                RunEventKind::Finished,
+                Some(Outcome::AbortedByScriptError),
+            ),
+            (
+                "test.finished.aborted_threshold",
+                RunEventKind::Finished,
+                Some(Outcome::AbortedByThreshold),
+            ),
+            (
+                "test.finished.aborted_limit",
+                RunEventKind::Finished,
+                Some(Outcome::AbortedByLimit),
+            ),
+        ] {
+            let mut b = body();
+            b["event"]["type"] = json!(name);
+            let run = run_of(parse(Headers::default(), &b).expect(name));
+            assert_eq!((run.kind, run.event_outcome), (kind, outcome), "{name}");
+        }
+        let mut b = body();
+        b["event"]["type"] = json!("test.exploded");
+        let err = parse(Headers::default(), &b).expect_err("unknown");
+        assert_eq!((err.status(), err.field()), (422, Some("event")));
+    }
+
+    #[test]
+    fn required_fields_are_named_by_their_dotted_path() {
+        for field in [
+            "id",
+            "load_test_id",
+            "organization_id",
+            "project_id",
+            "status",
+        ] {
+            let mut b = body();
+            b["test"].as_object_mut().map(|o| o.remove(field));
+            let err = parse(Headers::default(), &b).expect_err(field);
+            assert_eq!(err.status(), 400, "{field}");
+            let dotted = format!("test.{field}");
+            assert_eq!(err.field(), Some(dotted.as_str()), "{err}");
+            b["test"][field] = json!("12");
+            let err = parse(Headers::default(), &b).expect_err(field);
+            assert_eq!(err.field(), Some(dotted.as_str()), "{err}");
+        }
+        // (An `event` string would be Load Impact's shape: the User-Agent
+        // says which format it is.)
+        let k6 = Headers {
+            user_agent: Some("K6CloudWebHook"),
+            ..Headers::default()
+        };
+        for (path, value) in [
+            ("test", json!(7)),
+            ("event", json!("test.started")),
+            ("user", json!([1])),
+        ] {
+            let mut b = body();
+            b[path] = value;
+            let err = parse(k6, &b).expect_err(path);
+            assert_eq!((err.status(), err.field()), (400, Some(path)), "{err}");
+        }
+        let mut b = body();
+        b["user"]["id"] = json!("nine");
+        let err = parse(Headers::default(), &b).expect_err("user.id");
+        assert_eq!(err.field(), Some("user.id"));
+        let mut b = body();
+        b["test"]["name"] = json!(3);
+        let err = parse(Headers::default(), &b).expect_err("test.name");
+        assert_eq!(err.field(), Some("test.name"));
+    }
+
+    #[test]
+    fn unreadable_times_fall_back_and_extra_fields_are_ignored() {
+        let mut b = body();
+        b["test"]["started"] = json!("yesterday");
+        b["test"]["ended"] = Value::Null;
+        b["test"]["something_new"] = json!({"deep": [0]});
+        let text = b
+            .to_string()
+            .replace(r#"{"deep":[0]}"#, r#"{"deep":[1e400]}"#);
+        assert!(text.contains("1e400"));
+        let run = run_of(parse_any(Headers::default(), text.as_bytes()).expect("valid"));
+        assert_eq!((run.reported_start, run.reported_end), (None, None));
+        // A space instead of T and a fraction are read too.
+        let mut b = body();
+        b["test"]["started"] = json!("2024-05-06 10:00:00.250");
+        let run = run_of(parse(Headers::default(), &b).expect("valid"));
+        assert_eq!(run.reported_start, Some(1_714_989_600_250));
+    }
+
+    #[test]
+    fn a_load_impact_body_with_an_extra_test_field_stays_load_impact() {
+        let legacy = json!({
+            "event": "test.started", "status": 2, "organization_id": 1, "project_id": 2,
+            "load_test_id": 3, "load_test_run_id": 4, "test": {"id": 1}
+        });
+        let run = run_of(parse(Headers::default(), &legacy).expect("valid"));
+        assert_eq!((run.format, run.load_test_run_id), (Format::LoadImpact, 4));
+        // Load Impact's headers decide it too.
+        let headers = Headers {
+            request_id: Some("li-1"),
+            ..Headers::default()
+        };
+        let err = parse(headers, &body()).expect_err("not Load Impact's body");
+        assert_eq!(err.field(), Some("event"));
+    }
+
+    #[test]
+    fn a_failed_result_is_kept() {
+        let mut b = body();
+        b["test"]["result"] = json!(1);
+        assert!(run_of(parse(Headers::default(), &b).expect("valid")).result_failed);
+    }
+}
