@@ -361,9 +361,24 @@ pub struct SimulateArgs {
     #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
     pub run_duration: Duration,
 
-    /// Status code table the codes are sent in (the texts are always sent).
+    /// Status code table the codes are sent in (the texts are always sent);
+    /// k6 Cloud notifications always use the k6 table.
     #[arg(long, value_enum, default_value = "v3")]
     pub status_table: StatusTable,
+
+    /// Which format the notifications are sent in: Load Impact's, Grafana
+    /// Cloud k6's (the Generic Template), or either at random for each
+    /// delivery (so some runs start in one and finish in the other).
+    #[arg(long, value_enum, default_value = "legacy")]
+    pub format: SimulateFormat,
+}
+
+/// The notification format of `simulate --format`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum SimulateFormat {
+    Legacy,
+    K6cloud,
+    Mixed,
 }
 
 fn parse_spread(text: &str) -> Result<f64, String> {

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite, from a fresh machine: installs the real tools the tests
 # drive (Prometheus, promtool, amtool, the Pushgateway and wrk from Debian;
-# kubernetes-validate, yamllint and check-jsonschema from PyPI into .venv-tools),
+# kubernetes-validate, yamllint, check-jsonschema and Jinja2 from PyPI into .venv-tools),
 # then runs the format check, clippy and every test.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -20,11 +20,12 @@ if [ "$need_apt" = 1 ]; then
 fi
 
 venv=.venv-tools
-if [ ! -x "$venv/bin/kubernetes-validate" ] || [ ! -x "$venv/bin/yamllint" ] || [ ! -x "$venv/bin/check-jsonschema" ]; then
+if [ ! -x "$venv/bin/kubernetes-validate" ] || [ ! -x "$venv/bin/yamllint" ] || [ ! -x "$venv/bin/check-jsonschema" ] \
+  || ! "$venv/bin/python" -c 'import jinja2' 2>/dev/null; then
   echo "==> installing Python tools into $venv" >&2
   python3 -m venv "$venv"
   "$venv/bin/pip" install -q --disable-pip-version-check --no-cache-dir \
-    kubernetes-validate==1.37.0 yamllint==1.38.0 check-jsonschema==0.39.0
+    kubernetes-validate==1.37.0 yamllint==1.38.0 check-jsonschema==0.39.0 Jinja2==3.1.6
 fi
 export PATH="$PWD/$venv/bin:$PATH"
 command -v kubectl >/dev/null 2>&1 || { echo "kubectl is required (kubectl kustomize) and is not on PATH" >&2; exit 1; }

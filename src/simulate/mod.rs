@@ -24,7 +24,7 @@ use hyper::{Request, StatusCode, Uri};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
-use plan::{plan, Delivery};
+use plan::{plan, Delivery, Format};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::Semaphore;
@@ -56,14 +56,23 @@ async fn post(client: &HttpClient, uri: &Uri, delivery: &Delivery) -> Answer {
         if attempt > 0 {
             tokio::time::sleep(Duration::from_millis(100 << attempt)).await;
         }
+        let (user_agent, id_header, event_header) = match delivery.format {
+            Format::LoadImpact => (
+                "LoadImpactWebHook (loadimpact-exporter simulate)",
+                "x-loadimpact-id",
+                "x-loadimpact-event",
+            ),
+            Format::K6Cloud => (
+                "K6CloudWebHook (loadimpact-exporter simulate)",
+                "x-k6cloud-id",
+                "x-k6cloud-event",
+            ),
+        };
         let request = Request::post(uri.clone())
             .header("content-type", "application/json")
-            .header(
-                "user-agent",
-                "LoadImpactWebHook (loadimpact-exporter simulate)",
-            )
-            .header("x-loadimpact-id", delivery.id.as_str())
-            .header("x-loadimpact-event", delivery.event)
+            .header("user-agent", user_agent)
+            .header(id_header, delivery.id.as_str())
+            .header(event_header, delivery.event_header.as_str())
             .body(Full::new(Bytes::from(delivery.body.clone())));
         let request = match request {
             Ok(r) => r,
@@ -115,7 +124,7 @@ pub async fn run(args: SimulateArgs) -> anyhow::Result<()> {
             args.url
         );
     }
-    let plan = plan(&args);
+    let plan = plan(&args, crate::clock::now_millis());
     let mut mix: Vec<String> = plan
         .outcomes
         .iter()
@@ -277,9 +286,9 @@ mod tests {
             "--seed",
             "7",
         ]);
-        let (p1, p2) = (plan(&a), plan(&a));
+        let (p1, p2) = (plan(&a, 0), plan(&a, 0));
         assert_eq!(p1, p2);
-        let other = plan(&args(&["--projects", "2", "--runs", "5", "--seed", "8"]));
+        let other = plan(&args(&["--projects", "2", "--runs", "5", "--seed", "8"]), 0);
         assert_ne!(p1.deliveries, other.deliveries);
 
         let events =
@@ -324,32 +333,91 @@ mod tests {
     }
 
     #[test]
-    fn spread_zero_keeps_the_mix_and_a_spread_makes_projects_differ() {
-        let flat = plan(&args(&[
+    fn every_format_posts_what_the_exporter_reads_as_the_same_runs() {
+        let base = [
             "--projects",
-            "4",
+            "2",
             "--runs",
-            "10",
-            "--spread",
+            "6",
+            "--seed",
+            "3",
+            "--duplicate-ratio",
             "0",
-            "--outcomes",
-            "finished=4,aborted_by_user=1",
-        ]));
+        ];
+        let runs_of = |format: &str| {
+            let mut flags = base.to_vec();
+            flags.extend(["--format", format]);
+            let plan = plan(&args(&flags), 1_700_000_000_000);
+            let mut seen = std::collections::BTreeSet::new();
+            let mut formats = std::collections::BTreeSet::new();
+            for d in &plan.deliveries {
+                let is_k6 = d.format == Format::K6Cloud;
+                formats.insert(is_k6);
+                let headers = crate::webhook::Headers {
+                    content_type: Some("application/json"),
+                    event: (!is_k6).then_some(d.event_header.as_str()),
+                    request_id: (!is_k6).then_some(d.id.as_str()),
+                    k6_event: is_k6.then_some(d.event_header.as_str()),
+                    k6_id: is_k6.then_some(d.id.as_str()),
+                    user_agent: None,
+                };
+                let parsed =
+                    crate::webhook::parse(headers, &d.body).expect("the exporter reads it");
+                let crate::webhook::Event::Run(run) = parsed.event else {
+                    panic!("not a run event")
+                };
+                assert_eq!(run.kind.name(), d.event);
+                seen.insert((
+                    run.load_test_run_id,
+                    run.kind.name(),
+                    run.project.project_id,
+                ));
+            }
+            (seen, formats)
+        };
+        let (legacy, formats) = runs_of("legacy");
+        assert_eq!(formats, [false].into());
+        let (k6, formats) = runs_of("k6cloud");
+        assert_eq!(formats, [true].into());
+        let (mixed, formats) = runs_of("mixed");
+        assert_eq!(formats, [false, true].into());
+        assert_eq!(legacy, k6);
+        assert_eq!(legacy, mixed);
+    }
+
+    #[test]
+    fn spread_zero_keeps_the_mix_and_a_spread_makes_projects_differ() {
+        let flat = plan(
+            &args(&[
+                "--projects",
+                "4",
+                "--runs",
+                "10",
+                "--spread",
+                "0",
+                "--outcomes",
+                "finished=4,aborted_by_user=1",
+            ]),
+            0,
+        );
         for project in 1..=4 {
             let runs = finished_runs(&flat);
             assert_eq!(runs.get(&(project, "Finished".into())), Some(&8));
             assert_eq!(runs.get(&(project, "Aborted by user".into())), Some(&2));
         }
-        let spread = plan(&args(&[
-            "--projects",
-            "4",
-            "--runs",
-            "20",
-            "--spread",
-            "2",
-            "--outcomes",
-            "finished=4,aborted_by_user=1",
-        ]));
+        let spread = plan(
+            &args(&[
+                "--projects",
+                "4",
+                "--runs",
+                "20",
+                "--spread",
+                "2",
+                "--outcomes",
+                "finished=4,aborted_by_user=1",
+            ]),
+            0,
+        );
         let runs = finished_runs(&spread);
         let aborted: std::collections::BTreeSet<usize> = (1..=4)
             .map(|p| {

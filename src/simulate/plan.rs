@@ -2,7 +2,8 @@
 //! outcome, when each webhook goes out and which ones are sent twice, all
 //! from `--seed`.
 
-use crate::config::{OutcomeWeights, SimulateArgs};
+use crate::clock::Millis;
+use crate::config::{OutcomeWeights, SimulateArgs, SimulateFormat};
 use crate::outcome::{from_code, Outcome, StatusTable};
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
@@ -62,13 +63,50 @@ pub(super) fn status_of(outcome: Outcome, table: StatusTable) -> (i64, String) {
     (code, text)
 }
 
+/// Which format one delivery goes in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Format {
+    LoadImpact,
+    K6Cloud,
+}
+
 /// One webhook delivery of the plan.
 #[derive(Debug, Clone, PartialEq)]
 pub(super) struct Delivery {
     pub(super) at: Duration,
+    /// The request id header's value.
     pub(super) id: String,
+    /// `test.started` or `test.finished`.
     pub(super) event: &'static str,
+    /// The event header's value (k6 Cloud: the full identifier).
+    pub(super) event_header: String,
+    pub(super) format: Format,
     pub(super) body: Vec<u8>,
+}
+
+/// Makes one notification in a format, from its event id: the event
+/// header's value and the body.
+type Body<'a> = dyn Fn(Format, &str) -> (String, Vec<u8>) + 'a;
+
+/// k6 Cloud's event identifier for a finish with this outcome.
+fn k6_finish_event(outcome: Outcome) -> &'static str {
+    match outcome {
+        Outcome::Finished => "test.finished.finished",
+        Outcome::TimedOut => "test.finished.timed_out",
+        Outcome::AbortedByUser => "test.finished.aborted_user",
+        Outcome::AbortedBySystem => "test.finished.aborted_system",
+        Outcome::AbortedByScriptError => "test.finished.aborted_script_error",
+        Outcome::AbortedByThreshold => "test.finished.aborted_threshold",
+        Outcome::AbortedByLimit => "test.finished.aborted_limit",
+        Outcome::FailedThreshold => "test.finished.failed",
+        Outcome::Unknown => "test.finished.all",
+    }
+}
+
+/// A time as k6 Cloud writes it: ISO 8601 in GMT.
+fn iso(at: Millis) -> String {
+    let at = std::time::UNIX_EPOCH + Duration::from_millis(u64::try_from(at).unwrap_or(0));
+    humantime::format_rfc3339_millis(at).to_string()
 }
 
 /// The whole stream: deliveries sorted by time, and what the runs are.
@@ -79,7 +117,9 @@ pub(super) struct Plan {
     pub(super) unfinished: u64,
 }
 
-pub(super) fn plan(args: &SimulateArgs) -> Plan {
+/// The plan of `args`, with the runs' reported times counted from `base`
+/// (the time the stream starts).
+pub(super) fn plan(args: &SimulateArgs, base: Millis) -> Plan {
     let mut rng = StdRng::seed_from_u64(args.seed);
     // Run ids: disjoint per seed and project, so runs of other seeds or other
     // invocations with other projects are new runs to the exporter.
@@ -120,8 +160,17 @@ pub(super) fn plan(args: &SimulateArgs) -> Plan {
     }
 
     let mut deliveries = Vec::new();
-    let mut send = |rng: &mut StdRng, at: Duration, event: &'static str, body: Vec<u8>| {
+    // One logical notification: its body is made from its event id, shared
+    // by a re-send (same request id) and a redelivery (a new one).
+    let mut send = |rng: &mut StdRng, at: Duration, event: &'static str, body: &Body<'_>| {
         let id = format!("sim-{:016x}", rng.random::<u64>());
+        let format = match args.format {
+            SimulateFormat::Legacy => Format::LoadImpact,
+            SimulateFormat::K6cloud => Format::K6Cloud,
+            SimulateFormat::Mixed if rng.random_bool(0.5) => Format::K6Cloud,
+            SimulateFormat::Mixed => Format::LoadImpact,
+        };
+        let (event_header, body) = body(format, &id);
         if rng.random_bool(args.duplicate_ratio) {
             let again = at + Duration::from_millis(rng.random_range(20..=200));
             let dup_id = if rng.random_bool(0.5) {
@@ -133,6 +182,8 @@ pub(super) fn plan(args: &SimulateArgs) -> Plan {
                 at: again,
                 id: dup_id,
                 event,
+                event_header: event_header.clone(),
+                format,
                 body: body.clone(),
             });
         }
@@ -140,6 +191,8 @@ pub(super) fn plan(args: &SimulateArgs) -> Plan {
             at,
             id,
             event,
+            event_header,
+            format,
             body,
         });
     };
@@ -154,9 +207,11 @@ pub(super) fn plan(args: &SimulateArgs) -> Plan {
             let name = TEST_NAMES[((project_id + load_test) % TEST_NAMES.len() as u64) as usize];
             let run_id = run_id_base + project_id * 1_000_000 + run + 1;
             let user_id = args.organization_id * 100 + rng.random_range(1..=5);
+            let scheduled = rng.random_bool(0.3);
             let start = args.interval * slot;
             slot += 1;
-            let body = |event: &str, status: i64, status_text: &str| {
+            let started_at = base + crate::clock::millis(start);
+            let legacy = |event: &str, status: i64, status_text: &str| {
                 serde_json::json!({
                     "event": event,
                     "status": status,
@@ -171,20 +226,83 @@ pub(super) fn plan(args: &SimulateArgs) -> Plan {
                 .to_string()
                 .into_bytes()
             };
+            // The Generic Template's fields, as the README's template renders them.
+            let k6 = |event_id: &str,
+                      event: &str,
+                      status: i64,
+                      status_text: &str,
+                      result: Option<u8>,
+                      ended: Option<Millis>| {
+                serde_json::json!({
+                    "event": {"id": event_id, "type": event},
+                    "test": {
+                        "organization_id": args.organization_id,
+                        "project_id": project_id,
+                        "id": run_id,
+                        "url": format!("https://app.k6.io/runs/{run_id}"),
+                        "load_test_id": load_test_id,
+                        "load_test_url": format!("https://app.k6.io/tests/{load_test_id}"),
+                        "name": name,
+                        "was_scheduled": u8::from(scheduled),
+                        "started": iso(started_at),
+                        "ended": ended.map(iso),
+                        "status": status,
+                        "status_text": status_text,
+                        "result": result,
+                        "result_text": result.map(|r| if r == 1 { "Failed" } else { "Passed" }),
+                    },
+                    "user": {"id": user_id, "name": "simulated user"},
+                    "errors": [],
+                })
+                .to_string()
+                .into_bytes()
+            };
+            let start_event = if scheduled {
+                "test.started.scheduled"
+            } else {
+                "test.started.manual"
+            };
             send(
                 &mut rng,
                 start,
                 "test.started",
-                body("test.started", 2, "Running"),
+                &|format, id| match format {
+                    Format::LoadImpact => {
+                        ("test.started".into(), legacy("test.started", 2, "Running"))
+                    }
+                    Format::K6Cloud => (
+                        start_event.into(),
+                        k6(id, start_event, 2, "Running", None, None),
+                    ),
+                },
             );
             if let Some(outcome) = runs[run as usize] {
                 let length = args.run_duration.mul_f64(rng.random_range(0.5..=1.5));
+                let ended_at = started_at + crate::clock::millis(length);
                 let (status, text) = status_of(outcome, args.status_table);
+                // k6 Cloud: a failed threshold is Finished with a failed result.
+                let (k6_status, k6_text, result) = match outcome {
+                    Outcome::FailedThreshold => (3, "Finished".to_owned(), 1),
+                    other => {
+                        let (code, text) = status_of(other, StatusTable::V4);
+                        (code, text, 0)
+                    }
+                };
+                let event = k6_finish_event(outcome);
                 send(
                     &mut rng,
                     start + length,
                     "test.finished",
-                    body("test.finished", status, &text),
+                    &|format, id| match format {
+                        Format::LoadImpact => (
+                            "test.finished".into(),
+                            legacy("test.finished", status, &text),
+                        ),
+                        Format::K6Cloud => (
+                            event.into(),
+                            k6(id, event, k6_status, &k6_text, Some(result), Some(ended_at)),
+                        ),
+                    },
                 );
             }
         }
