@@ -160,6 +160,9 @@ pub(super) fn plan(args: &SimulateArgs, base: Millis) -> Plan {
     }
 
     let mut deliveries = Vec::new();
+    // The formats come from a stream of their own, so that every format
+    // plans the same runs.
+    let mut formats = StdRng::seed_from_u64(args.seed ^ 0x6b36_636c_6f75_64);
     // One logical notification: its body is made from its event id, shared
     // by a re-send (same request id) and a redelivery (a new one).
     let mut send = |rng: &mut StdRng, at: Duration, event: &'static str, body: &Body<'_>| {
@@ -167,7 +170,7 @@ pub(super) fn plan(args: &SimulateArgs, base: Millis) -> Plan {
         let format = match args.format {
             SimulateFormat::Legacy => Format::LoadImpact,
             SimulateFormat::K6cloud => Format::K6Cloud,
-            SimulateFormat::Mixed if rng.random_bool(0.5) => Format::K6Cloud,
+            SimulateFormat::Mixed if formats.random_bool(0.5) => Format::K6Cloud,
             SimulateFormat::Mixed => Format::LoadImpact,
         };
         let (event_header, body) = body(format, &id);

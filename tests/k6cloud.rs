@@ -1,0 +1,429 @@
+//! Grafana Cloud k6 notifications against the real binary: the README's
+//! template rendered by real Jinja2 and accepted; every event identifier
+//! mapped to its outcome, with durations from the body's times; one run
+//! across both formats; a mixed, duplicated, reordered stream counted
+//! exactly; and every bad input answered with its code and field while no run
+//! metric moves.
+
+mod blackbox;
+mod common;
+
+use blackbox::*;
+use common::{require_tool, sample, Exporter};
+use serde_json::{json, Value};
+use std::path::Path;
+use std::process::Command;
+
+/// A Generic Template body, as the README's template renders it.
+fn k6_body(run: &Run, event: &str, status: i64, result: Option<u8>, times: (&str, Value)) -> Value {
+    json!({
+        "event": {"id": fresh_id(), "type": event, "text": "Test run"},
+        "test": {
+            "organization_id": run.org, "project_id": run.project, "id": run.id,
+            "url": format!("https://app.k6.io/runs/{}", run.id),
+            "load_test_id": run.load_test,
+            "load_test_url": format!("https://app.k6.io/tests/{}", run.load_test),
+            "name": run.name(), "was_scheduled": 0,
+            "started": times.0, "ended": times.1,
+            "status": status, "status_text": null, "result": result, "result_text": null
+        },
+        "user": {"id": 7, "name": "someone"},
+        "errors": []
+    })
+}
+
+fn k6_headers(event: &str, id: &str) -> Vec<(String, String)> {
+    vec![
+        ("Content-Type".into(), "application/json".into()),
+        ("User-Agent".into(), "K6CloudWebHook".into()),
+        ("X-k6cloud-Event".into(), event.into()),
+        ("X-k6cloud-ID".into(), id.into()),
+    ]
+}
+
+/// Posts `body` as k6 Cloud does (its headers unless `bare`), returning the answer.
+fn post_k6(exporter: &Exporter, body: &Value, bare: bool) -> Full {
+    let event = body["event"]["type"].as_str().unwrap_or("test.started");
+    let headers = if bare {
+        vec![("Content-Type".to_owned(), "application/json".to_owned())]
+    } else {
+        k6_headers(event, &fresh_id())
+    };
+    let payload = serde_json::to_vec(body).expect("json");
+    send("POST", &exporter.url("/webhook"), &headers, Some(&payload))
+}
+
+fn post_k6_expect(exporter: &Exporter, body: &Value, result: &str) {
+    let resp = post_k6(exporter, body, false);
+    expect_result(resp.status, &resp.body, result, body);
+}
+
+#[test]
+fn the_readmes_template_rendered_by_jinja2_is_accepted() {
+    let readme = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md"))
+        .expect("README");
+    let start = readme
+        .find("<!-- k6cloud-template:start -->")
+        .expect("template start marker");
+    let end = readme
+        .find("<!-- k6cloud-template:end -->")
+        .expect("template end marker");
+    let block = &readme[start..end];
+    let template = block
+        .split_once("```jinja\n")
+        .and_then(|(_, rest)| rest.split_once("```"))
+        .map(|(t, _)| t)
+        .expect("a ```jinja block between the markers");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let template_file = dir.path().join("template.j2");
+    std::fs::write(&template_file, template).expect("write template");
+
+    let exporter = Exporter::start(&[]);
+    let name = "Checkout \"Black Friday\" – Ünïcødé ✓ \\ end";
+    let render = |event: &str, started: &str, ended: Value, status: i64, result: Value| {
+        let variables = json!({
+            "event": {"id": format!("ev-{event}"), "type": event, "text": "Test run"},
+            "test": {
+                "organization_id": 11, "project_id": 4242, "id": 987_654, "url": "https://app.k6.io/runs/987654",
+                "load_test_id": 5150, "load_test_url": "https://app.k6.io/tests/5150",
+                "name": name, "was_scheduled": true, "started": started, "ended": ended,
+                "status": status, "status_text": if status == 2 { "Running" } else { "Finished" },
+                "result": result, "result_text": "Failed"
+            },
+            "user": {"id": 77, "name": "Zoë"},
+            "errors": [{"code": 1, "created": "2024-05-06T10:00:00Z", "detail": "a \"quoted\" error"}]
+        });
+        let vars_file = dir.path().join(format!("{event}.json"));
+        std::fs::write(&vars_file, variables.to_string()).expect("write variables");
+        let out = Command::new(require_tool("python3"))
+            .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/render_template.py"))
+            .arg(&template_file)
+            .arg(&vars_file)
+            .output()
+            .expect("run python3 with Jinja2");
+        assert!(
+            out.status.success(),
+            "Jinja2 failed (is it installed? `bash tests/run.sh` installs it): {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out.stdout
+    };
+    let started = render(
+        "test.started.scheduled",
+        "2024-05-06T10:00:00Z",
+        Value::Null,
+        2,
+        Value::Null,
+    );
+    let finished = render(
+        "test.finished.failed",
+        "2024-05-06T10:00:00Z",
+        json!("2024-05-06T10:01:30Z"),
+        3,
+        json!(1),
+    );
+    for (body, event) in [
+        (&started, "test.started.scheduled"),
+        (&finished, "test.finished.failed"),
+    ] {
+        let parsed: Value = serde_json::from_slice(body).expect("the template renders JSON");
+        assert_eq!(
+            parsed["test"]["name"],
+            json!(name),
+            "the name survives the template"
+        );
+        let resp = send(
+            "POST",
+            &exporter.url("/webhook"),
+            &k6_headers(event, &fresh_id()),
+            Some(body),
+        );
+        assert_eq!(
+            (resp.status, resp.body.as_str()),
+            (200, r#"{"result":"accepted"}"#)
+        );
+    }
+    let run = Run::new(11, 4242, 5150, 987_654);
+    let s = exporter.samples();
+    assert_value(&s, &run.started_total(), 1.0);
+    assert_value(&s, &run.finished_total("failed_threshold"), 1.0);
+    assert_value(&s, &run.running(), 0.0);
+    // 90 s as the body says, though both arrived within a second.
+    assert_value(&s, &run.duration_sum("failed_threshold"), 90.0);
+    let escaped = name.replace('\\', "\\\\").replace('"', "\\\"");
+    let info = format!(
+        "loadimpact_load_test_info{{organization_id=\"11\",project_id=\"4242\",load_test_id=\"5150\",name=\"{escaped}\"}}"
+    );
+    assert_value(&s, &info, 1.0);
+}
+
+#[test]
+fn every_event_identifier_counts_its_outcome_with_the_bodys_duration() {
+    let exporter = Exporter::start(&[]);
+    let cases: [(&str, i64, Option<u8>, &str); 10] = [
+        ("test.finished.finished", 3, Some(0), "finished"),
+        ("test.finished.success", 3, Some(0), "finished"),
+        ("test.finished.failed", 3, Some(1), "failed_threshold"),
+        ("test.finished.timed_out", 4, None, "timed_out"),
+        ("test.finished.aborted_user", 5, None, "aborted_by_user"),
+        ("test.finished.aborted_system", 6, None, "aborted_by_system"),
+        (
+            "test.finished.aborted_script_error",
+            7,
+            None,
+            "aborted_by_script_error",
+        ),
+        (
+            "test.finished.aborted_threshold",
+            8,
+            None,
+            "aborted_by_threshold",
+        ),
+        ("test.finished.aborted_limit", 9, None, "aborted_by_limit"),
+        // The catch-all says nothing: the k6 table reads 9 as aborted by limit.
+        ("test.finished.all", 9, None, "aborted_by_limit"),
+    ];
+    for (i, (event, status, result, outcome)) in cases.into_iter().enumerate() {
+        let run = Run::new(3, 300 + i as u64, 30, 40_000 + i as u64);
+        let before = exporter.samples();
+        let start_event = if i % 2 == 0 {
+            "test.started.manual"
+        } else {
+            "test.started"
+        };
+        post_k6_expect(
+            &exporter,
+            &k6_body(
+                &run,
+                start_event,
+                2,
+                None,
+                ("2024-05-06T10:00:00Z", Value::Null),
+            ),
+            "accepted",
+        );
+        let seconds = 60 + i as u64;
+        let ended = format!("2024-05-06T10:{:02}:{:02}Z", seconds / 60, seconds % 60);
+        post_k6_expect(
+            &exporter,
+            &k6_body(
+                &run,
+                event,
+                status,
+                result,
+                ("2024-05-06T10:00:00Z", json!(ended)),
+            ),
+            "accepted",
+        );
+        let after = exporter.samples();
+        assert_eq!(
+            delta(&before, &after, &run.finished_total(outcome)),
+            1.0,
+            "{event}"
+        );
+        assert_eq!(delta(&before, &after, &run.started_total()), 1.0, "{event}");
+        assert_eq!(
+            sample(&after, &run.duration_sum(outcome)),
+            seconds as f64,
+            "{event}: the duration is the body's"
+        );
+    }
+}
+
+#[test]
+fn a_run_started_in_one_format_and_finished_in_the_other_is_one_run() {
+    let exporter = Exporter::start(&[]);
+    let a = Run::new(5, 50, 500, 5_000);
+    post_expect(&exporter, &a.started(), "accepted");
+    post_k6_expect(
+        &exporter,
+        &k6_body(&a, "test.finished.aborted_user", 5, None, ("", Value::Null)),
+        "accepted",
+    );
+    let b = Run::new(5, 50, 501, 5_001);
+    post_k6_expect(
+        &exporter,
+        &k6_body(
+            &b,
+            "test.started",
+            2,
+            None,
+            ("2024-05-06T10:00:00Z", Value::Null),
+        ),
+        "accepted",
+    );
+    post_expect(&exporter, &b.finished(3, Some("Finished")), "accepted");
+    // Repeats in the other format are duplicates of the same runs.
+    post_k6_expect(
+        &exporter,
+        &k6_body(&a, "test.started", 2, None, ("", Value::Null)),
+        "duplicate",
+    );
+    post_expect(&exporter, &b.started(), "duplicate");
+    let s = exporter.samples();
+    assert_value(&s, &a.started_total(), 2.0);
+    assert_value(&s, &a.finished_total("aborted_by_user"), 1.0);
+    assert_value(&s, &b.finished_total("finished"), 1.0);
+    assert_value(&s, &a.running(), 0.0);
+    // Without both times in the body, the duration is from receipt.
+    assert_value(&s, &a.duration_count("aborted_by_user"), 1.0);
+    assert!(sample(&s, &a.duration_sum("aborted_by_user")) < 5.0);
+}
+
+/// The run metrics of a scrape: what the runs produced, whatever the format.
+fn run_counts(exporter: &Exporter) -> Vec<(String, f64)> {
+    exporter
+        .samples()
+        .into_iter()
+        .filter(|(k, _)| {
+            k.starts_with("loadimpact_test_runs_")
+                || k.starts_with("loadimpact_test_run_duration_seconds_count")
+                || k.starts_with("loadimpact_load_test_runs_finished_total")
+        })
+        .collect()
+}
+
+#[test]
+fn a_mixed_stream_duplicated_and_reordered_counts_exactly() {
+    let simulate = |exporter: &Exporter, format: &str| {
+        let out = Command::new(common::exporter_bin())
+            .args(["simulate", "--url", &exporter.url("/webhook")])
+            .args(["--projects", "3", "--runs", "12", "--seed", "21"])
+            .args(["--duplicate-ratio", "0.4", "--concurrency", "16"])
+            .args(["--interval", "2ms", "--run-duration", "30ms"])
+            .args(["--format", format])
+            .output()
+            .expect("run simulate");
+        assert!(
+            out.status.success(),
+            "simulate --format {format}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let legacy = Exporter::start(&[]);
+    simulate(&legacy, "legacy");
+    let mixed = Exporter::start(&[]);
+    simulate(&mixed, "mixed");
+    let k6 = Exporter::start(&[]);
+    simulate(&k6, "k6cloud");
+    let want = run_counts(&legacy);
+    assert!(want.len() > 20, "{want:?}");
+    assert_eq!(
+        run_counts(&mixed),
+        want,
+        "mixed formats count as Load Impact's"
+    );
+    assert_eq!(
+        run_counts(&k6),
+        want,
+        "k6 Cloud's format counts as Load Impact's"
+    );
+    // Everything again, in the other mix: nothing moves.
+    simulate(&mixed, "k6cloud");
+    simulate(&mixed, "legacy");
+    assert_eq!(run_counts(&mixed), want, "replays changed a count");
+}
+
+#[test]
+fn every_bad_k6cloud_input_is_rejected_with_its_field_and_moves_nothing() {
+    let exporter = Exporter::start(&[]);
+    let run = Run::new(9, 90, 900, 9_000);
+    let good = k6_body(
+        &run,
+        "test.finished.finished",
+        3,
+        Some(0),
+        ("", Value::Null),
+    );
+    let mut cases: Vec<(String, Value, bool, u16, Option<&str>)> = Vec::new();
+    for field in [
+        "id",
+        "load_test_id",
+        "organization_id",
+        "project_id",
+        "status",
+    ] {
+        let path = format!("test.{field}");
+        let mut missing = good.clone();
+        missing["test"].as_object_mut().map(|o| o.remove(field));
+        cases.push((format!("without {path}"), missing, false, 400, None));
+        for bad in [json!("12"), json!(1.5), json!(true), json!({})] {
+            let mut wrong = good.clone();
+            wrong["test"][field] = bad.clone();
+            cases.push((format!("{path}: {bad}"), wrong, false, 400, None));
+        }
+    }
+    let named = [
+        "test.id",
+        "test.load_test_id",
+        "test.organization_id",
+        "test.project_id",
+        "test.status",
+    ];
+    for (what, mutate, field) in [
+        ("test not an object", json!({"test": 7}), "test"),
+        ("user not an object", json!({"user": [1]}), "user"),
+        ("user.id a string", json!({"user": {"id": "x"}}), "user.id"),
+        (
+            "test.name a number",
+            json!({"test": {"name": 5}}),
+            "test.name",
+        ),
+        ("event.id a number", json!({"event": {"id": 5}}), "event.id"),
+    ] {
+        let mut body = good.clone();
+        for (key, value) in mutate.as_object().expect("object") {
+            match (body[key].as_object_mut(), value.as_object()) {
+                (Some(target), Some(fields)) => {
+                    for (k, v) in fields {
+                        target.insert(k.clone(), v.clone());
+                    }
+                }
+                _ => body[key] = value.clone(),
+            }
+        }
+        cases.push((what.into(), body, false, 400, Some(field)));
+    }
+    let mut no_event = good.clone();
+    no_event.as_object_mut().map(|o| o.remove("event"));
+    cases.push((
+        "no event anywhere".into(),
+        no_event,
+        true,
+        400,
+        Some("event.type"),
+    ));
+    let mut unknown = good.clone();
+    unknown["event"]["type"] = json!("test.exploded");
+    cases.push(("an unknown event".into(), unknown, true, 422, Some("event")));
+
+    let before = exporter.samples();
+    let mut failures = Vec::new();
+    for (i, (what, body, bare, status, field)) in cases.iter().enumerate() {
+        let resp = post_k6(&exporter, body, *bare);
+        let answer = serde_json::from_str::<Value>(&resp.body).unwrap_or(Value::Null);
+        let want_field = field.map(str::to_owned).or_else(|| {
+            named
+                .iter()
+                .find(|n| what.contains(*n))
+                .map(|n| (*n).to_owned())
+        });
+        if resp.status != *status || answer["field"] != json!(want_field) {
+            failures.push(format!("{i} {what}: got {} {}", resp.status, resp.body));
+        }
+    }
+    assert!(failures.is_empty(), "{failures:#?}");
+    let after = exporter.samples();
+    for (series, (was, now)) in changes(&before, &after) {
+        assert!(
+            series.starts_with("loadimpact_webhook_requests_total")
+                || series.starts_with(PER_PROCESS_PREFIX),
+            "a rejection moved {series}: {was:?} -> {now:?}"
+        );
+    }
+    assert_eq!(
+        delta(&before, &after, &requests_total(400)),
+        (cases.len() - 1) as f64
+    );
+    assert_eq!(delta(&before, &after, &requests_total(422)), 1.0);
+}
