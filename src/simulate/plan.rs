@@ -162,7 +162,7 @@ pub(super) fn plan(args: &SimulateArgs, base: Millis) -> Plan {
     let mut deliveries = Vec::new();
     // The formats come from a stream of their own, so that every format
     // plans the same runs.
-    let mut formats = StdRng::seed_from_u64(args.seed ^ 0x6b36_636c_6f75_64);
+    let mut formats = StdRng::seed_from_u64(args.seed ^ 0x6b36_636c_6f75);
     // One logical notification: its body is made from its event id, shared
     // by a re-send (same request id) and a redelivery (a new one).
     let mut send = |rng: &mut StdRng, at: Duration, event: &'static str, body: &Body<'_>| {
