@@ -1,20 +1,21 @@
-//! Issue 2, what Prometheus and people see: `promtool check metrics` on a real
-//! scrape holding data of every kind, the metric families and histogram
-//! buckets, the landing page, health and readiness, `/api/v1/runs`, and the
-//! configurable paths and body limit.
+//! What Prometheus and people see: `promtool check metrics` on a real scrape
+//! holding data of every kind, the metric families and histogram buckets, the
+//! landing page, health and readiness, `/api/v1/runs`, the configurable paths
+//! and body limit, and the log lines.
 //!
 //! Written from the specification, not from the exporter's code.
 
-mod blackbox;
-mod common;
+mod support;
 
-use std::io::Write;
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use blackbox::*;
-use common::{get, sample, Exporter};
 use serde_json::{json, Value};
+use support::deliveries::{self, expect_result, test_hook, Run};
+use support::exporter::{api_run, run_binary, Exporter};
+use support::http::{get, send, NO_HEADERS};
+use support::samples::*;
+use support::tools::{describe, require_tool, run_with_input};
+use support::{wait_for, Window};
 
 /// A load test name that needs escaping in a label value.
 const AWKWARD_NAME: &str = "Checkout \"peak\" C:\\runs\nline two ünïcödé €";
@@ -38,27 +39,18 @@ const FAMILIES: [(&str, &str); 12] = [
 ];
 
 fn promtool_check(text: &str) -> std::process::Output {
-    let mut child = Command::new(common::require_tool("promtool"))
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("run promtool");
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(text.as_bytes())
-        .expect("write the scrape to promtool");
-    child.wait_with_output().expect("promtool output")
+    run_with_input(
+        &require_tool("promtool"),
+        &["check", "metrics"],
+        text.as_bytes(),
+    )
 }
 
 #[test]
 fn promtool_accepts_a_scrape_with_data_of_every_kind() {
     let exporter = Exporter::start(&["--run.max-duration=2s"]);
     let doomed = Run::new(1, 1, 1, 1);
-    post_expect(&exporter, &doomed.started(), "accepted");
+    exporter.post_expect(&doomed.started(), "accepted");
     // Every outcome, one project per organization to have several series.
     let texts = [
         "Finished",
@@ -73,31 +65,33 @@ fn promtool_accepts_a_scrape_with_data_of_every_kind() {
     ];
     for (i, text) in texts.iter().enumerate() {
         let run = Run::new(1 + i as u64 % 2, 2, 3 + i as u64, 100 + i as u64);
-        post_expect(&exporter, &run.started(), "accepted");
-        post_expect(&exporter, &run.finished(77, Some(text)), "accepted");
+        exporter.post_expect(&run.started(), "accepted");
+        exporter.post_expect(&run.finished(77, Some(text)), "accepted");
     }
     let mut awkward = Run::new(1, 2, 99, 200).started();
     awkward["name"] = json!(AWKWARD_NAME);
-    post_expect(&exporter, &awkward, "accepted");
+    exporter.post_expect(&awkward, "accepted");
     let late = Run::new(2, 2, 50, 300);
-    post_expect(&exporter, &late.finished(3, None), "accepted");
-    post_expect(&exporter, &late.started(), "ignored");
-    post_expect(&exporter, &late.started(), "duplicate");
-    post_expect(
-        &exporter,
-        &json!({"event": "test.notification_channel"}),
-        "accepted",
-    );
+    exporter.post_expect(&late.finished(3, None), "accepted");
+    exporter.post_expect(&late.started(), "ignored");
+    exporter.post_expect(&late.started(), "duplicate");
+    exporter.post_expect(&test_hook(), "accepted");
     let url = exporter.url("/webhook");
-    assert_eq!(send("GET", &url, &[], None).status, 405);
-    assert_eq!(post_to(&url, &json!({"event": "test.nope"})).status, 422);
-    assert_eq!(post_to(&url, &json!({"event": "test.started"})).status, 400);
+    assert_eq!(send("GET", &url, NO_HEADERS, None).status, 405);
+    assert_eq!(
+        deliveries::post_fresh(&url, &json!({"event": "test.nope"})).status,
+        422
+    );
+    assert_eq!(
+        deliveries::post_fresh(&url, &json!({"event": "test.started"})).status,
+        400
+    );
 
-    common::wait_for("the first run to expire", Duration::from_secs(10), || {
+    wait_for("the first run to expire", Duration::from_secs(10), || {
         (sample(&exporter.samples(), &doomed.expired_total()) == 1.0).then_some(())
     });
     let running = Run::new(1, 2, 3, 400);
-    post_expect(&exporter, &running.started(), "accepted");
+    exporter.post_expect(&running.started(), "accepted");
 
     let resp = get(&exporter.url("/metrics"));
     assert_eq!(resp.status, 200);
@@ -109,7 +103,7 @@ fn promtool_accepts_a_scrape_with_data_of_every_kind() {
     let text = resp.body;
 
     // Data of every kind is in this very scrape.
-    let s = common::parse_samples(&text, "loadimpact_");
+    let s = parse_samples(&text, "loadimpact_");
     assert_eq!(sample(&s, &running.running()), 1.0, "a run is running");
     assert_eq!(sample(&s, &doomed.expired_total()), 1.0);
     for (i, text) in texts.iter().enumerate() {
@@ -158,10 +152,8 @@ fn promtool_accepts_a_scrape_with_data_of_every_kind() {
     let out = promtool_check(&text);
     assert!(
         out.status.success() && out.stderr.is_empty() && out.stdout.is_empty(),
-        "promtool check metrics: {}\nstdout: {}\nstderr: {}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
+        "promtool check metrics: {}",
+        describe(&out)
     );
 }
 
@@ -219,11 +211,16 @@ fn landing_page_health_readiness_and_runs_api() {
         assert_eq!(get(&exporter.url(path)).status, 200, "{path}");
     }
     for method in ["GET", "POST", "PUT"] {
-        let resp = send(method, &exporter.url("/no/such/page"), &[], Some(b"{}"));
+        let resp = send(
+            method,
+            &exporter.url("/no/such/page"),
+            NO_HEADERS,
+            Some(b"{}"),
+        );
         assert_eq!(resp.status, 404, "{method} /no/such/page");
     }
 
-    let empty = runs_api(&exporter);
+    let empty = exporter.runs_api();
     assert_eq!(empty, json!({"running": [], "recent": []}));
 
     let (a, b, c) = (
@@ -231,16 +228,12 @@ fn landing_page_health_readiness_and_runs_api() {
         Run::new(1, 2, 3, 11),
         Run::new(4, 5, 6, 12),
     );
-    let t0 = now();
-    post_expect(&exporter, &a.started(), "accepted");
-    post_expect(&exporter, &b.started(), "accepted");
-    post_expect(
-        &exporter,
-        &c.finished(6, Some("Aborted by user")),
-        "accepted",
-    );
-    post_expect(&exporter, &a.finished(3, Some("Finished")), "accepted");
-    let t1 = now();
+    let posted = Window::around(|| {
+        exporter.post_expect(&a.started(), "accepted");
+        exporter.post_expect(&b.started(), "accepted");
+        exporter.post_expect(&c.finished(6, Some("Aborted by user")), "accepted");
+        exporter.post_expect(&a.finished(3, Some("Finished")), "accepted");
+    });
     let resp = get(&exporter.url("/api/v1/runs"));
     assert!(resp
         .content_type
@@ -262,7 +255,7 @@ fn landing_page_health_readiness_and_runs_api() {
 
     let running = api_run(&runs, "running", 11).expect("b");
     let started = running["started_at"].as_f64().expect("started_at");
-    assert!(started >= t0 - 0.01 && started <= t1 + 0.01, "{running}");
+    assert!(posted.contains(started), "{running}");
     let done = api_run(&runs, "recent", 10).expect("a");
     assert_eq!(done["outcome"], json!("finished"));
     assert_eq!(done["organization_id"], json!(1));
@@ -272,7 +265,7 @@ fn landing_page_health_readiness_and_runs_api() {
         done["started_at"].as_f64().expect("started_at"),
         done["finished_at"].as_f64().expect("finished_at"),
     );
-    assert!(t0 - 0.01 <= started && started <= finished && finished <= t1 + 0.01);
+    assert!(posted.contains(started) && started <= finished && posted.contains(finished));
     let duration = done["duration_seconds"].as_f64().expect("duration");
     assert!((duration - (finished - started)).abs() < 0.002, "{done}");
     let unstarted = api_run(&runs, "recent", 12).expect("c");
@@ -281,13 +274,9 @@ fn landing_page_health_readiness_and_runs_api() {
 
     // Many more finish: "recent" holds the most recent ones, whatever its size.
     for id in 100..250 {
-        post_expect(
-            &exporter,
-            &Run::new(1, 2, 3, id).finished(3, None),
-            "accepted",
-        );
+        exporter.post_expect(&Run::new(1, 2, 3, id).finished(3, None), "accepted");
     }
-    let runs = runs_api(&exporter);
+    let runs = exporter.runs_api();
     let recent: Vec<u64> = runs["recent"]
         .as_array()
         .expect("recent")
@@ -309,13 +298,11 @@ fn landing_page_health_readiness_and_runs_api() {
 
 #[test]
 fn paths_and_body_limit_are_configurable_by_flag_and_environment() {
-    let exporter = Exporter::start_with_env(
-        &["--web.telemetry-path=/internal/prom"],
-        &[
-            ("LOADIMPACT_EXPORTER_WEBHOOK_PATH", "/hooks/loadimpact"),
-            ("LOADIMPACT_EXPORTER_WEBHOOK_MAX_BODY_BYTES", "1000"),
-        ],
-    );
+    let exporter = Exporter::builder()
+        .arg("--web.telemetry-path=/internal/prom")
+        .env("LOADIMPACT_EXPORTER_WEBHOOK_PATH", "/hooks/loadimpact")
+        .env("LOADIMPACT_EXPORTER_WEBHOOK_MAX_BODY_BYTES", "1000")
+        .start();
     let hook = exporter.url("/hooks/loadimpact");
     assert_eq!(get(&exporter.url("/metrics")).status, 404);
     let landing = get(&exporter.url("/")).body;
@@ -323,13 +310,13 @@ fn paths_and_body_limit_are_configurable_by_flag_and_environment() {
     assert!(landing.contains("/hooks/loadimpact"), "{landing}");
 
     let run = Run::new(1, 2, 3, 4);
-    let before = samples_at(&exporter, "/internal/prom");
+    let before = exporter.samples_at("/internal/prom");
     // The default path is nothing special now: not found, and not counted.
-    let resp = post_to(&exporter.url("/webhook"), &run.started());
+    let resp = deliveries::post_fresh(&exporter.url("/webhook"), &run.started());
     assert_eq!(resp.status, 404, "POST /webhook: {}", resp.body);
     assert_only_moved(
         &before,
-        &samples_at(&exporter, "/internal/prom"),
+        &exporter.samples_at("/internal/prom"),
         &[],
         "POST to the default path",
     );
@@ -339,17 +326,17 @@ fn paths_and_body_limit_are_configurable_by_flag_and_environment() {
         bytes.resize(len, b' ');
         bytes
     };
-    let headers = li_headers("test.started", "limit-1");
+    let headers = deliveries::headers("test.started", "limit-1");
     let resp = send("POST", &hook, &headers, Some(&body_of(1001)));
     assert_eq!(resp.status, 413, "{}", resp.body);
     assert_eq!(resp.json()["result"], json!("rejected"));
     let resp = send("POST", &hook, &headers, Some(&body_of(1000)));
-    expect_result(resp.status, &resp.body, "accepted", &run.started());
-    let resp = send("GET", &hook, &[], None);
+    expect_result(&resp, "accepted", &run.started());
+    let resp = send("GET", &hook, NO_HEADERS, None);
     assert_eq!(resp.status, 405);
     assert!(resp.header("allow").is_some_and(|a| a.contains("POST")));
 
-    let s = samples_at(&exporter, "/internal/prom");
+    let s = exporter.samples_at("/internal/prom");
     assert_value(&s, &run.started_total(), 1.0);
     assert_value(&s, &run.running(), 1.0);
     assert_value(&s, &requests_total(413), 1.0);
@@ -362,15 +349,12 @@ fn paths_and_body_limit_are_configurable_by_flag_and_environment() {
 fn quiet_at_error_level() {
     let dir = tempfile::tempdir().expect("temp dir");
     let log = dir.path().join("exporter.log");
-    let exporter = Spawned::start_with_env(
-        dir.path(),
-        &[],
-        &[("LOADIMPACT_EXPORTER_LOG_LEVEL", "error")],
-        Some(&log),
-    );
+    let mut exporter = Exporter::builder()
+        .env("LOADIMPACT_EXPORTER_LOG_LEVEL", "error")
+        .log_to(&log)
+        .start();
     let body = Run::new(1, 2, 3, 4711).started();
-    let resp = post_to(&exporter.url("/webhook"), &body);
-    expect_result(resp.status, &resp.body, "accepted", &body);
+    exporter.post_expect(&body, "accepted");
     assert!(exporter.terminate().success());
     let text = std::fs::read_to_string(&log).expect("read the log");
     assert!(!text.contains("4711"), "logged at error level: {text}");
@@ -392,16 +376,14 @@ fn one_structured_log_line_per_accepted_event_in_both_formats() {
     for format in ["logfmt", "json"] {
         let dir = tempfile::tempdir().expect("temp dir");
         let log = dir.path().join("exporter.log");
-        let exporter = Spawned::start(
-            dir.path(),
-            &[&format!("--log.format={format}"), "--log.level=info"],
-            Some(&log),
-        );
-        let url = exporter.url("/webhook");
+        let mut exporter = Exporter::builder()
+            .arg(format!("--log.format={format}"))
+            .arg("--log.level=info")
+            .log_to(&log)
+            .start();
         let run = Run::new(1, 2, 3, 4711);
         for body in [run.started(), run.finished(6, Some("Aborted by user"))] {
-            let resp = post_to(&url, &body);
-            expect_result(resp.status, &resp.body, "accepted", &body);
+            exporter.post_expect(&body, "accepted");
         }
         assert!(exporter.terminate().success());
 
@@ -452,10 +434,7 @@ fn one_structured_log_line_per_accepted_event_in_both_formats() {
 
 #[test]
 fn version_flag_prints_the_version() {
-    let out = Command::new(common::exporter_bin())
-        .arg("--version")
-        .output()
-        .expect("run --version");
+    let out = run_binary(&["--version"]);
     assert!(out.status.success());
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(

@@ -3,46 +3,32 @@
 //! each other: every rule unit-tested, every alert with a runbook section,
 //! every dashboard importable with no hard-coded data source.
 
-mod common;
+mod support;
 
-use common::{free_port, get, require_tool, try_request, wait_for};
 use serde::Deserialize;
-use serde_json::Value;
+use serde_json::{json, Value};
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
 use std::time::Duration;
+use support::files::{dashboards, read, repo};
+use support::http::{get, post_json};
+use support::tools::{require_tool, run_ok_in, stdout, Server};
+use support::wait_for;
 
 const RUNBOOK_BASE: &str =
     "https://github.com/loadimpact-exporter/loadimpact-exporter/blob/main/docs/runbooks.md#";
 
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
+/// Where the rules, their tests and the Alertmanager example are.
+const PROM_DIR: &str = "deploy/prometheus";
 
-fn prom_dir() -> PathBuf {
-    repo().join("deploy/prometheus")
-}
-
-fn read(path: &Path) -> String {
-    std::fs::read_to_string(path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()))
-}
-
-/// Runs a tool; panics with its output unless it exits 0. Returns stdout.
+/// Runs a tool in `deploy/prometheus`; panics with its output unless it exits
+/// 0. Returns stdout.
 fn run_ok(tool: &str, args: &[&str]) -> String {
-    let output = Command::new(require_tool(tool))
-        .args(args)
-        .current_dir(prom_dir())
-        .output()
-        .unwrap_or_else(|e| panic!("run {tool}: {e}"));
-    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        output.status.success(),
-        "{tool} {args:?} failed ({}):\n{stdout}\n{stderr}",
-        output.status
-    );
-    stdout
+    stdout(&run_ok_in(
+        &repo().join(PROM_DIR),
+        &require_tool(tool),
+        args,
+    ))
 }
 
 #[derive(Debug, Deserialize)]
@@ -105,7 +91,7 @@ struct ExprTest {
 }
 
 fn rules() -> Vec<Rule> {
-    let text = read(&prom_dir().join("loadimpact.rules.yml"));
+    let text = read(&format!("{PROM_DIR}/loadimpact.rules.yml"));
     let file: RuleFile = serde_saphyr::from_str(&text).expect("parse loadimpact.rules.yml");
     assert!(
         file.groups.iter().all(|g| !g.name.is_empty()),
@@ -128,7 +114,7 @@ fn promtool_checks_and_unit_tests_pass() {
 
 #[test]
 fn every_rule_has_unit_tests_that_fire_and_that_stay_quiet() {
-    let text = read(&prom_dir().join("loadimpact.rules.test.yml"));
+    let text = read(&format!("{PROM_DIR}/loadimpact.rules.test.yml"));
     let tests: TestFile = serde_saphyr::from_str(&text).expect("parse the rule tests");
     assert_eq!(tests.rule_files, ["loadimpact.rules.yml"]);
     let rules = rules();
@@ -186,7 +172,7 @@ fn anchor(heading: &str) -> String {
 
 #[test]
 fn alerts_are_labelled_annotated_and_have_a_runbook() {
-    let runbooks = read(&repo().join("docs/runbooks.md"));
+    let runbooks = read("docs/runbooks.md");
     let anchors: BTreeSet<String> = runbooks
         .lines()
         .filter_map(|l| l.strip_prefix("## "))
@@ -301,8 +287,8 @@ fn exporter_down_matches_the_packaging_job_name() {
         .contains(r#"absent(up{job="loadimpact-exporter"})"#));
     assert_eq!(down[0].for_.as_deref(), Some("5m"));
     // The scrape-config example and the ServiceMonitor use that job name.
-    let scrape = prom_dir().join("prometheus.yml");
-    if scrape.exists() {
+    let scrape = format!("{PROM_DIR}/prometheus.yml");
+    if repo().join(&scrape).exists() {
         assert!(
             read(&scrape).contains("job_name: loadimpact-exporter"),
             "deploy/prometheus/prometheus.yml scrapes another job name"
@@ -345,45 +331,23 @@ fn alertmanager_example_is_valid_and_routes_by_severity() {
     }
 }
 
-struct KillOnDrop(Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// A real Alertmanager with the example configuration: the critical
 /// LoadImpactFailedThresholdRateHigh inhibits the warning of the same project,
 /// not another project's.
 #[test]
 fn alertmanager_inhibits_the_warning_under_the_critical() {
-    let binary = require_tool("prometheus-alertmanager");
-    let dir = tempfile::tempdir().expect("temp dir");
-    let port = free_port();
-    let child = Command::new(binary)
-        .arg(format!(
-            "--config.file={}",
-            prom_dir().join("alertmanager.yml").display()
-        ))
-        .arg(format!("--storage.path={}", dir.path().display()))
-        .arg(format!("--web.listen-address=127.0.0.1:{port}"))
-        .arg("--cluster.listen-address=")
-        .arg("--log.level=warn")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn prometheus-alertmanager");
-    let _guard = KillOnDrop(child);
-    let base = format!("http://127.0.0.1:{port}");
-    wait_for("Alertmanager to be ready", Duration::from_secs(20), || {
-        try_request("GET", &format!("{base}/-/ready"), &[], None).filter(|r| r.status == 200)
+    let config = repo().join(PROM_DIR).join("alertmanager.yml");
+    let alertmanager = Server::start("prometheus-alertmanager", |dir: &Path| {
+        vec![
+            format!("--config.file={}", config.display()),
+            format!("--storage.path={}", dir.display()),
+            "--cluster.listen-address=".to_owned(),
+            "--log.level=warn".to_owned(),
+        ]
     });
 
     let alert = |severity: &str, project: &str| {
-        serde_json::json!({
+        json!({
             "labels": {
                 "alertname": "LoadImpactFailedThresholdRateHigh",
                 "severity": severity,
@@ -393,18 +357,12 @@ fn alertmanager_inhibits_the_warning_under_the_critical() {
             "annotations": {"summary": "test"},
         })
     };
-    let alerts = serde_json::json!([
+    let alerts = json!([
         alert("critical", "2"),
         alert("warning", "2"),
         alert("warning", "3"),
     ]);
-    let body = serde_json::to_vec(&alerts).expect("json");
-    let resp = common::request(
-        "POST",
-        &format!("{base}/api/v2/alerts"),
-        &[("Content-Type", "application/json")],
-        Some(&body),
-    );
+    let resp = post_json(&alertmanager.url("/api/v2/alerts"), &alerts);
     assert_eq!(resp.status, 200, "post alerts: {}", resp.body);
 
     let state = |list: &Value, severity: &str, project: &str| -> Option<(String, usize)> {
@@ -422,7 +380,7 @@ fn alertmanager_inhibits_the_warning_under_the_critical() {
         "the warning to be inhibited",
         Duration::from_secs(20),
         || {
-            let list = get(&format!("{base}/api/v2/alerts")).json();
+            let list = get(&alertmanager.url("/api/v2/alerts")).json();
             (state(&list, "warning", "2") == Some(("suppressed".into(), 1))).then_some(list)
         },
     );
@@ -431,18 +389,6 @@ fn alertmanager_inhibits_the_warning_under_the_critical() {
 }
 
 // ------------------------------------------------------------------ dashboards
-
-fn dashboards() -> Vec<(&'static str, Value)> {
-    ["loadimpact-overview", "loadimpact-project"]
-        .into_iter()
-        .map(|uid| {
-            let text = read(&repo().join(format!("dashboards/{uid}.json")));
-            let json: Value = serde_json::from_str(&text)
-                .unwrap_or_else(|e| panic!("dashboards/{uid}.json: {e}"));
-            (uid, json)
-        })
-        .collect()
-}
 
 /// Every value of a key anywhere in the JSON.
 fn find_all<'a>(value: &'a Value, key: &str, out: &mut Vec<&'a Value>) {
@@ -462,7 +408,8 @@ fn find_all<'a>(value: &'a Value, key: &str, out: &mut Vec<&'a Value>) {
 
 #[test]
 fn dashboards_have_stable_uids_and_no_hard_coded_data_source() {
-    for (uid, dashboard) in dashboards() {
+    for dashboard in dashboards() {
+        let (uid, dashboard) = (dashboard.uid.as_str(), &dashboard.json);
         assert_eq!(dashboard["uid"], uid, "stable uid");
         assert!(dashboard["title"].as_str().is_some_and(|t| !t.is_empty()));
         assert!(dashboard["schemaVersion"].as_u64().is_some_and(|v| v >= 36));
@@ -473,7 +420,7 @@ fn dashboards_have_stable_uids_and_no_hard_coded_data_source() {
 
         // Data sources only through variables.
         let mut sources = Vec::new();
-        find_all(&dashboard, "datasource", &mut sources);
+        find_all(dashboard, "datasource", &mut sources);
         assert!(sources.len() > 20, "{uid}: panels without data source?");
         for source in sources {
             let ok = match source {
@@ -584,8 +531,9 @@ fn dashboards_have_stable_uids_and_no_hard_coded_data_source() {
 
 #[test]
 fn every_panel_is_described_in_the_readme() {
-    let docs = read(&repo().join("README.md"));
-    for (uid, dashboard) in dashboards() {
+    let docs = read("README.md");
+    for dashboard in dashboards() {
+        let (uid, dashboard) = (dashboard.uid.as_str(), &dashboard.json);
         assert!(
             docs.contains(&format!("`{uid}.json`")),
             "README.md: no {uid}"

@@ -1,6 +1,7 @@
-//! A real OTLP trace receiver, in-process, for the OpenTelemetry tests
-//! (issue 3): the `opentelemetry-proto` `TraceService` over tonic for gRPC, and
-//! a hyper HTTP/1 endpoint `POST /v1/traces` for HTTP/protobuf.
+//! A real OTLP trace receiver, in-process, for the OpenTelemetry tests: the
+//! `opentelemetry-proto` `TraceService` over tonic for gRPC, and a hyper
+//! HTTP/1 endpoint `POST /v1/traces` for HTTP/protobuf. `spans` says what the
+//! span of a run must be.
 //!
 //! It runs on its own tokio runtime (one worker thread), so tests stay plain
 //! `#[test]` functions. It records every export it accepts (the request's
@@ -10,6 +11,8 @@
 //! runtime, which closes the listener and every open connection at once, as a
 //! crashed collector would.
 #![allow(dead_code)]
+
+pub mod spans;
 
 use std::collections::BTreeMap;
 use std::net::{SocketAddr, TcpListener as StdTcpListener};
@@ -32,6 +35,8 @@ use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, KeyValue};
 use opentelemetry_proto::tonic::resource::v1::Resource;
 use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, Span};
 use prost::Message;
+
+use crate::support::http::free_port;
 
 /// The OTLP transport a receiver speaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -229,22 +234,12 @@ pub struct Receiver {
 impl Receiver {
     /// Starts a receiver on a free port.
     pub fn start(protocol: Protocol) -> Receiver {
-        let port = StdTcpListener::bind("127.0.0.1:0")
-            .expect("bind an ephemeral port")
-            .local_addr()
-            .expect("local addr")
-            .port();
-        Self::start_on(protocol, port)
+        Self::start_on(protocol, free_port())
     }
 
     /// Starts a receiver on `port`.
     pub fn start_on(protocol: Protocol, port: u16) -> Receiver {
-        let mut receiver = Receiver {
-            protocol,
-            port,
-            shared: Arc::new(Shared::default()),
-            runtime: None,
-        };
+        let mut receiver = Self::down_on(protocol, port);
         receiver.up();
         receiver
     }
@@ -252,11 +247,10 @@ impl Receiver {
     /// A receiver that is not listening yet, with `port` reserved for it (free
     /// a moment ago): the exporter can be pointed at it before it comes up.
     pub fn down_on_free_port(protocol: Protocol) -> Receiver {
-        let port = StdTcpListener::bind("127.0.0.1:0")
-            .expect("bind an ephemeral port")
-            .local_addr()
-            .expect("local addr")
-            .port();
+        Self::down_on(protocol, free_port())
+    }
+
+    fn down_on(protocol: Protocol, port: u16) -> Receiver {
         Receiver {
             protocol,
             port,

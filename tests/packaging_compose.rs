@@ -1,0 +1,180 @@
+//! Packaging as a docker-compose stack: `docker-compose.yml` valid against
+//! the Compose specification's schema and complete (every service, pinned
+//! images, mounts that exist, hosts that are its services, Grafana's data
+//! sources and dashboards), and the exporter service's environment accepted
+//! by the real binary.
+
+mod manifests;
+mod support;
+
+use std::collections::BTreeSet;
+
+use manifests::*;
+use serde_json::json;
+use support::exporter::Exporter;
+use support::files::{dashboards, parse_yaml, read, repo};
+use support::http::get;
+use support::tools::{require_tool, run_ok};
+
+#[test]
+fn the_compose_stack_is_valid_and_complete() {
+    let check = require_tool("check-jsonschema");
+    run_ok(
+        &check,
+        &[
+            "--builtin-schema",
+            "vendor.compose-spec",
+            "docker-compose.yml",
+        ],
+    );
+    let compose = parse_yaml(&read("docker-compose.yml"), "docker-compose.yml");
+    let services = compose["services"].as_object().expect("services");
+    let names: BTreeSet<&str> = services.keys().map(String::as_str).collect();
+    for wanted in [EXPORTER, "prometheus", "alertmanager", "grafana", "tempo"] {
+        assert!(
+            names.contains(wanted),
+            "docker-compose.yml: service {wanted}"
+        );
+    }
+    for (service, def) in services {
+        let image = def["image"].as_str().unwrap_or_default();
+        let tag = image.rsplit_once(':').map(|(_, t)| t).unwrap_or_default();
+        assert!(
+            !tag.is_empty() && tag != "latest",
+            "{service}: image {image} not pinned"
+        );
+        // Every file or directory it mounts from the repository exists.
+        for volume in strings(&def["volumes"]) {
+            if let Some(source) = volume.strip_prefix("./") {
+                let source = source.split(':').next().expect("source");
+                assert!(
+                    repo().join(source).exists(),
+                    "{service} mounts ./{source}, which does not exist"
+                );
+            }
+        }
+    }
+    let exporter = &services[EXPORTER];
+    assert_eq!(exporter["image"], format!("{EXPORTER}:{}", cargo_version()));
+    assert_eq!(
+        exporter["build"], ".",
+        "the exporter is built from the Dockerfile"
+    );
+    assert_eq!(
+        exporter["environment"]["OTEL_EXPORTER_OTLP_ENDPOINT"],
+        "http://tempo:4317"
+    );
+    // Port 4317 is OTLP/gRPC; the exporter's default protocol is http/protobuf.
+    assert_eq!(
+        exporter["environment"]["OTEL_EXPORTER_OTLP_PROTOCOL"],
+        "grpc"
+    );
+    assert_eq!(exporter["read_only"], true);
+    assert!(strings(&exporter["cap_drop"]).contains(&"ALL"));
+    assert!(strings(&exporter["volumes"]).contains(&"exporter-data:/data"));
+    assert!(strings(&services["prometheus"]["volumes"])
+        .contains(&"./deploy/prometheus:/etc/prometheus:ro"));
+    assert!(strings(&services["alertmanager"]["volumes"])
+        .iter()
+        .any(|v| v.starts_with("./deploy/prometheus/alertmanager.yml:")));
+    assert!(strings(&services["grafana"]["volumes"])
+        .iter()
+        .any(|v| v.starts_with("./dashboards:")));
+    // Prometheus in compose scrapes the exporter by its service name.
+    assert_eq!(
+        exporter_job_targets("deploy/prometheus/prometheus.yml"),
+        json!([format!("{EXPORTER}:{EXPORTER_PORT}")])
+    );
+
+    // Every host the stack's configurations name is one of its services.
+    let hosts: Vec<String> = [
+        "deploy/prometheus/prometheus.yml",
+        "deploy/compose/grafana/provisioning/datasources/datasources.yml",
+    ]
+    .iter()
+    .map(|f| read(f))
+    .chain(std::iter::once(
+        exporter["environment"]["OTEL_EXPORTER_OTLP_ENDPOINT"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned(),
+    ))
+    .flat_map(|text| {
+        text.lines()
+            .filter(|l| !l.trim_start().starts_with('#'))
+            .flat_map(|l| l.split([' ', '"', '\'', '[', ']']))
+            .filter_map(|word| {
+                let word = word.trim_start_matches("http://");
+                let (host, port) = word.split_once(':')?;
+                port.parse::<u16>().ok().map(|_| host.to_owned())
+            })
+            .collect::<Vec<_>>()
+    })
+    .collect();
+    assert!(hosts.len() >= 6, "found the hosts: {hosts:?}");
+    for host in &hosts {
+        assert!(
+            host == "localhost" || names.contains(host.as_str()),
+            "{host} is not a service of docker-compose.yml"
+        );
+    }
+
+    // The Grafana provisioning: the data sources the stack needs, and the
+    // dashboards directory the compose file mounts.
+    let datasources = parse_yaml(
+        &read("deploy/compose/grafana/provisioning/datasources/datasources.yml"),
+        "datasources.yml",
+    );
+    let types: BTreeSet<&str> = datasources["datasources"]
+        .as_array()
+        .expect("datasources")
+        .iter()
+        .filter_map(|d| d["type"].as_str())
+        .collect();
+    for wanted in ["prometheus", "alertmanager", "tempo"] {
+        assert!(types.contains(wanted), "data source {wanted}");
+    }
+    // Each data source variable of the dashboards finds one of its type.
+    for dashboard in dashboards() {
+        let file = &dashboard.file;
+        for var in items(&dashboard.json["templating"]["list"]) {
+            if var["type"] == "datasource" {
+                let wanted = var["query"].as_str().expect("data source type");
+                assert!(
+                    types.contains(wanted),
+                    "{file}: variable {} needs a {wanted} data source",
+                    var["name"]
+                );
+            }
+        }
+    }
+    let providers = parse_yaml(
+        &read("deploy/compose/grafana/provisioning/dashboards/dashboards.yml"),
+        "dashboards.yml",
+    );
+    let path = providers["providers"][0]["options"]["path"]
+        .as_str()
+        .expect("provider path");
+    assert!(
+        strings(&services["grafana"]["volumes"])
+            .contains(&format!("./dashboards:{path}:ro").as_str()),
+        "Grafana loads the mounted dashboards"
+    );
+}
+
+#[test]
+fn the_compose_environment_is_accepted_by_the_binary() {
+    // The exporter service's environment, as docker-compose.yml sets it, on
+    // the real binary: it starts and gets ready (the Tempo host need not
+    // exist: spans wait in the outbox).
+    let compose = parse_yaml(&read("docker-compose.yml"), "docker-compose.yml");
+    let env: Vec<(String, String)> = compose["services"][EXPORTER]["environment"]
+        .as_object()
+        .expect("environment map")
+        .iter()
+        .map(|(k, v)| (k.clone(), v.as_str().expect("string value").to_owned()))
+        .collect();
+    let exporter = Exporter::builder().envs(&env).start();
+    let resp = get(&exporter.url("/-/ready"));
+    assert_eq!(resp.status, 200, "{}", resp.body);
+}
