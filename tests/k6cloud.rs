@@ -5,44 +5,24 @@
 //! exactly; and every bad input answered with its code and field while no run
 //! metric moves.
 
-mod blackbox;
-mod common;
+mod support;
 
-use blackbox::*;
-use common::{require_tool, sample, Exporter};
 use serde_json::{json, Value};
 use std::path::Path;
 use std::process::Command;
+use support::deliveries::{expect_result, fresh_id, k6_headers, Run};
+use support::exporter::{run_binary, Exporter};
+use support::http::{send, Response};
+use support::samples::*;
+use support::tools::require_tool;
 
-/// A Generic Template body, as the README's template renders it.
+/// A Generic Template body (see `Run::k6`) with `times` as (started, ended).
 fn k6_body(run: &Run, event: &str, status: i64, result: Option<u8>, times: (&str, Value)) -> Value {
-    json!({
-        "event": {"id": fresh_id(), "type": event, "text": "Test run"},
-        "test": {
-            "organization_id": run.org, "project_id": run.project, "id": run.id,
-            "url": format!("https://app.k6.io/runs/{}", run.id),
-            "load_test_id": run.load_test,
-            "load_test_url": format!("https://app.k6.io/tests/{}", run.load_test),
-            "name": run.name(), "was_scheduled": 0,
-            "started": times.0, "ended": times.1,
-            "status": status, "status_text": null, "result": result, "result_text": null
-        },
-        "user": {"id": 7, "name": "someone"},
-        "errors": []
-    })
-}
-
-fn k6_headers(event: &str, id: &str) -> Vec<(String, String)> {
-    vec![
-        ("Content-Type".into(), "application/json".into()),
-        ("User-Agent".into(), "K6CloudWebHook".into()),
-        ("X-k6cloud-Event".into(), event.into()),
-        ("X-k6cloud-ID".into(), id.into()),
-    ]
+    run.k6(event, status, result, times.0, times.1)
 }
 
 /// Posts `body` as k6 Cloud does (its headers unless `bare`), returning the answer.
-fn post_k6(exporter: &Exporter, body: &Value, bare: bool) -> Full {
+fn post_k6(exporter: &Exporter, body: &Value, bare: bool) -> Response {
     let event = body["event"]["type"].as_str().unwrap_or("test.started");
     let headers = if bare {
         vec![("Content-Type".to_owned(), "application/json".to_owned())]
@@ -55,13 +35,12 @@ fn post_k6(exporter: &Exporter, body: &Value, bare: bool) -> Full {
 
 fn post_k6_expect(exporter: &Exporter, body: &Value, result: &str) {
     let resp = post_k6(exporter, body, false);
-    expect_result(resp.status, &resp.body, result, body);
+    expect_result(&resp, result, body);
 }
 
 #[test]
 fn the_readmes_template_rendered_by_jinja2_is_accepted() {
-    let readme = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md"))
-        .expect("README");
+    let readme = support::files::read("README.md");
     let start = readme
         .find("<!-- k6cloud-template:start -->")
         .expect("template start marker");
@@ -234,7 +213,7 @@ fn every_event_identifier_counts_its_outcome_with_the_bodys_duration() {
 fn a_run_started_in_one_format_and_finished_in_the_other_is_one_run() {
     let exporter = Exporter::start(&[]);
     let a = Run::new(5, 50, 500, 5_000);
-    post_expect(&exporter, &a.started(), "accepted");
+    exporter.post_expect(&a.started(), "accepted");
     post_k6_expect(
         &exporter,
         &k6_body(&a, "test.finished.aborted_user", 5, None, ("", Value::Null)),
@@ -252,14 +231,14 @@ fn a_run_started_in_one_format_and_finished_in_the_other_is_one_run() {
         ),
         "accepted",
     );
-    post_expect(&exporter, &b.finished(3, Some("Finished")), "accepted");
+    exporter.post_expect(&b.finished(3, Some("Finished")), "accepted");
     // Repeats in the other format are duplicates of the same runs.
     post_k6_expect(
         &exporter,
         &k6_body(&a, "test.started", 2, None, ("", Value::Null)),
         "duplicate",
     );
-    post_expect(&exporter, &b.started(), "duplicate");
+    exporter.post_expect(&b.started(), "duplicate");
     let s = exporter.samples();
     assert_value(&s, &a.started_total(), 2.0);
     assert_value(&s, &a.finished_total("aborted_by_user"), 1.0);
@@ -286,14 +265,28 @@ fn run_counts(exporter: &Exporter) -> Vec<(String, f64)> {
 #[test]
 fn a_mixed_stream_duplicated_and_reordered_counts_exactly() {
     let simulate = |exporter: &Exporter, format: &str| {
-        let out = Command::new(common::exporter_bin())
-            .args(["simulate", "--url", &exporter.url("/webhook")])
-            .args(["--projects", "3", "--runs", "12", "--seed", "21"])
-            .args(["--duplicate-ratio", "0.4", "--concurrency", "16"])
-            .args(["--interval", "2ms", "--run-duration", "30ms"])
-            .args(["--format", format])
-            .output()
-            .expect("run simulate");
+        let url = exporter.url("/webhook");
+        let out = run_binary(&[
+            "simulate",
+            "--url",
+            &url,
+            "--projects",
+            "3",
+            "--runs",
+            "12",
+            "--seed",
+            "21",
+            "--duplicate-ratio",
+            "0.4",
+            "--concurrency",
+            "16",
+            "--interval",
+            "2ms",
+            "--run-duration",
+            "30ms",
+            "--format",
+            format,
+        ]);
         assert!(
             out.status.success(),
             "simulate --format {format}: {}",

@@ -1,6 +1,7 @@
-//! The one builder of Load Impact deliveries: the bodies of a test run's
-//! events (`Run`), the headers Load Impact sends with them (`headers`,
-//! `Delivery`), posting them and checking the answer. Written from the
+//! The one builder of deliveries: the bodies of a test run's events (`Run`),
+//! in Load Impact's format and in Grafana Cloud k6's (`Run::k6`), the headers
+//! each sends with them (`headers`, `k6_headers`, `Delivery`), posting them
+//! and checking the answer. Written from the
 //! webhook's documentation, not from the exporter's code: each is what a Load
 //! Impact sender puts on the wire.
 
@@ -28,6 +29,17 @@ pub fn headers(event: &str, id: &str) -> Vec<(String, String)> {
         ("User-Agent".into(), "LoadImpactWebHook/1.0".into()),
         ("X-LoadImpact-ID".into(), id.into()),
         ("X-LoadImpact-Event".into(), event.into()),
+    ]
+}
+
+/// The headers Grafana Cloud k6 sends with a notification of `event` (a
+/// short or full identifier), with `id` as `X-k6cloud-ID`.
+pub fn k6_headers(event: &str, id: &str) -> Vec<(String, String)> {
+    vec![
+        ("Content-Type".into(), "application/json".into()),
+        ("User-Agent".into(), "K6CloudWebHook".into()),
+        ("X-k6cloud-Event".into(), event.into()),
+        ("X-k6cloud-ID".into(), id.into()),
     ]
 }
 
@@ -151,5 +163,33 @@ impl Run {
     /// `test.finished` with this status (and text, when given).
     pub fn finished(&self, status: i64, status_text: Option<&str>) -> Value {
         self.body("test.finished", status, status_text)
+    }
+
+    /// A Grafana Cloud k6 notification of `event` for this run, with the
+    /// Generic Template's fields as the README's template renders them: a
+    /// fresh `event.id`, the k6 `status`, `result` (0 passed, 1 failed;
+    /// `None` while running) and the reported `started` and `ended`.
+    pub fn k6(
+        &self,
+        event: &str,
+        status: i64,
+        result: Option<u8>,
+        started: &str,
+        ended: Value,
+    ) -> Value {
+        json!({
+            "event": {"id": fresh_id(), "type": event, "text": "Test run"},
+            "test": {
+                "organization_id": self.org, "project_id": self.project, "id": self.id,
+                "url": format!("https://app.k6.io/runs/{}", self.id),
+                "load_test_id": self.load_test,
+                "load_test_url": format!("https://app.k6.io/tests/{}", self.load_test),
+                "name": self.name, "was_scheduled": 0,
+                "started": started, "ended": ended,
+                "status": status, "status_text": null, "result": result, "result_text": null
+            },
+            "user": {"id": self.user, "name": "someone"},
+            "errors": []
+        })
     }
 }
