@@ -258,13 +258,13 @@ fn write_runs(x: &mut Exposition, state: &State, machine: &Machine) {
     let name = "loadimpact_test_run_info";
     x.family(
         name,
-        "The most recent finished or expired runs (--runs.info-limit) with their trace id; always 1.",
+        "The most recent finished or expired runs (--runs.info-limit) with their trace id (and, from Grafana Cloud k6, the run's url); always 1.",
         "gauge",
     );
     for (id, run, _, outcome) in state.recent_runs() {
         let [org, proj] = project_labels(&run.project);
         let trace_id = crate::otel::trace_id(id).to_string();
-        let labels = [
+        let mut labels = vec![
             org,
             proj,
             ("load_test_id", Value::Id(run.load_test_id)),
@@ -272,6 +272,10 @@ fn write_runs(x: &mut Exposition, state: &State, machine: &Machine) {
             ("outcome", Value::Text(outcome)),
             ("trace_id", Value::Text(&trace_id)),
         ];
+        // Grafana Cloud k6's page of the run, where a notification gave it.
+        if let Some(url) = &run.url {
+            labels.push(("url", Value::Text(url)));
+        }
         x.gauge(name, &labels, 1.0);
     }
 

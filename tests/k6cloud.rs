@@ -1,15 +1,20 @@
 //! Grafana Cloud k6 notifications against the real binary: the README's
 //! template rendered by real Jinja2 and accepted; every event identifier
-//! mapped to its outcome, with durations from the body's times; one run
-//! across both formats; a mixed, duplicated, reordered stream counted
-//! exactly; and every bad input answered with its code and field while no run
-//! metric moves.
+//! mapped to its outcome, with durations from the body's times; the span
+//! with the body's times and the run's links, received by a real OTLP
+//! receiver; one run across both formats; a mixed, duplicated, reordered
+//! stream counted exactly; and every bad input answered with its code and
+//! field while no run metric moves.
 
+mod otlp_receiver;
 mod support;
 
+use otlp_receiver::spans::{pointed_at, trace_id};
+use otlp_receiver::{attributes, Attr, Protocol, Receiver};
 use serde_json::{json, Value};
 use std::path::Path;
 use std::process::Command;
+use std::time::Duration;
 use support::deliveries::{expect_result, fresh_id, k6_headers, Run};
 use support::exporter::{run_binary, Exporter};
 use support::http::{send, Response};
@@ -419,4 +424,61 @@ fn every_bad_k6cloud_input_is_rejected_with_its_field_and_moves_nothing() {
         (cases.len() - 1) as f64
     );
     assert_eq!(delta(&before, &after, &requests_total(422)), 1.0);
+}
+
+#[test]
+fn the_span_has_the_bodys_times_and_the_runs_links() {
+    let receiver = Receiver::start(Protocol::Grpc);
+    let exporter = pointed_at(&receiver).start();
+    let run = Run::new(12, 1200, 120, 777_001);
+    let started = run.k6(
+        "test.started.manual",
+        2,
+        None,
+        "2024-05-06T10:00:00Z",
+        Value::Null,
+    );
+    post_k6_expect(&exporter, &started, "accepted");
+    let ended = json!("2024-05-06T10:01:30.500Z");
+    let finished = run.k6(
+        "test.finished.finished",
+        3,
+        Some(0),
+        "2024-05-06T10:00:00Z",
+        ended,
+    );
+    post_k6_expect(&exporter, &finished, "accepted");
+
+    let spans = support::wait_for("the run's span", Duration::from_secs(20), || {
+        let spans = receiver.spans_with_trace_id(&trace_id(run.id));
+        (!spans.is_empty()).then_some(spans)
+    });
+    assert_eq!(spans.len(), 1, "{spans:#?}");
+    let span = &spans[0].span;
+    // 10:00:00 and 10:01:30.5 on 2024-05-06, as the body says, in ns.
+    assert_eq!(span.start_time_unix_nano, 1_714_989_600_000 * 1_000_000);
+    assert_eq!(span.end_time_unix_nano, 1_714_989_690_500 * 1_000_000);
+    let attrs = attributes(&span.attributes);
+    let url = format!("https://app.k6.io/runs/{}", run.id);
+    assert_eq!(attrs.get("url.full"), Some(&Attr::Str(url.clone())));
+    assert_eq!(
+        attrs.get("loadimpact.load_test.url"),
+        Some(&Attr::Str(format!(
+            "https://app.k6.io/tests/{}",
+            run.load_test
+        )))
+    );
+    assert_eq!(
+        attrs.get("loadimpact.outcome"),
+        Some(&Attr::Str("finished".into()))
+    );
+
+    // The run's info series links to its page too.
+    let info = labelled(&exporter.samples(), "loadimpact_test_run_info");
+    let ours: Vec<_> = info
+        .iter()
+        .filter(|(labels, _)| labels.get("load_test_run_id") == Some(&run.id.to_string()))
+        .collect();
+    assert_eq!(ours.len(), 1, "{info:?}");
+    assert_eq!(ours[0].0.get("url"), Some(&url));
 }

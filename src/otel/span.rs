@@ -105,6 +105,14 @@ pub fn span_data(run_id: u64, record: &SpanRecord) -> SpanData {
         attributes.push(KeyValue::new("loadimpact.test.name", name.clone()));
         attributes.push(KeyValue::new("test.suite.name", name.clone()));
     }
+    // The run's page in Grafana Cloud k6 (OpenTelemetry's `url.full`), and
+    // its load test's.
+    if let Some(url) = &record.url {
+        attributes.push(KeyValue::new("url.full", url.clone()));
+    }
+    if let Some(url) = &record.load_test_url {
+        attributes.push(KeyValue::new("loadimpact.load_test.url", url.clone()));
+    }
     let (outcome, status) = match &record.end_kind {
         SpanEnd::Finished {
             outcome,
@@ -189,6 +197,8 @@ mod tests {
             start,
             end: 90_000,
             end_kind,
+            url: None,
+            load_test_url: None,
         }
     }
 

@@ -223,12 +223,20 @@ impl Machine {
             last_event_at: at,
             reported_start: None,
             reported_end: None,
+            url: None,
+            load_test_url: None,
         });
         let mut applied = Applied {
             outcome: run.outcome,
             status: run.status,
             ..Applied::new(EventResult::Duplicate, event.kind.name(), Some(run_id))
         };
+        if event.url.is_some() {
+            run.url = event.url.clone();
+        }
+        if event.load_test_url.is_some() {
+            run.load_test_url = event.load_test_url.clone();
+        }
         let project = run.project;
         match event.kind {
             RunEventKind::Started => {

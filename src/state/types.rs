@@ -71,6 +71,11 @@ pub struct Run {
     pub reported_start: Option<Millis>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reported_end: Option<Millis>,
+    /// k6 Cloud's links to the run and its load test, where a delivery gave them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub load_test_url: Option<String>,
 }
 
 impl Run {
@@ -131,6 +136,8 @@ impl Run {
             start,
             end,
             end_kind,
+            url: self.url.clone(),
+            load_test_url: self.load_test_url.clone(),
         }
     }
 }
@@ -243,8 +250,14 @@ pub struct SpanRecord {
     pub load_test_id: u64,
     pub user_id: Option<u64>,
     pub name: Option<String>,
-    /// When `test.started` was received; `None` for a finish with no start.
+    /// When the run started (reported, else received); `None` for a finish
+    /// with no start.
     pub start: Option<Millis>,
     pub end: Millis,
     pub end_kind: SpanEnd,
+    /// k6 Cloud's links to the run and its load test.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub load_test_url: Option<String>,
 }

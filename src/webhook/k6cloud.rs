@@ -135,6 +135,8 @@ pub(super) fn parse(headers: &Headers<'_>, fields: &Fields) -> Result<Delivery, 
         result_failed: result == Some(1),
         reported_start: time(&test, "test.started"),
         reported_end: time(&test, "test.ended"),
+        url: test.optional("test.url", &STRING)?,
+        load_test_url: test.optional("test.load_test_url", &STRING)?,
     };
     let event_id = match &event {
         Some(event) => event.optional("event.id", &STRING)?,
@@ -203,6 +205,8 @@ mod tests {
         assert_eq!(run.name.as_deref(), Some("checkout \"flow\" é"));
         assert_eq!(run.reported_start, Some(1_714_989_600_000));
         assert_eq!(run.reported_end, Some(1_714_989_690_000));
+        assert_eq!(run.url.as_deref(), Some("https://x/runs/5001"));
+        assert_eq!(run.load_test_url.as_deref(), Some("https://x/tests/700"));
         assert!(!run.result_failed);
     }
 

@@ -111,6 +111,10 @@ pub struct RunEvent {
     /// says something unreadable.
     pub reported_start: Option<Millis>,
     pub reported_end: Option<Millis>,
+    /// k6 Cloud's links to the run and to its load test (`test.url`,
+    /// `test.load_test_url`).
+    pub url: Option<String>,
+    pub load_test_url: Option<String>,
 }
 
 /// One parsed delivery: the event and the ids that identify it (Load
