@@ -10,7 +10,7 @@
 //! proxy stripped them, by its shape (see [`is_k6cloud`]).
 
 use super::{
-    header, Delivery, Event, Fields, Format, Headers, Project, RunEvent, RunEventKind,
+    event_name, header, Delivery, Event, Fields, Format, Headers, Project, RunEvent, RunEventKind,
     WebhookError, ID, INTEGER, STRING,
 };
 use crate::clock::Millis;
@@ -91,18 +91,10 @@ pub(super) fn parse(headers: &Headers<'_>, fields: &Fields) -> Result<Delivery, 
         Some(event) => event.optional("event.type", &STRING)?,
         None => None,
     };
-    let header_event = header(headers.k6_event);
-    let name = match (header_event, body_event.as_deref()) {
-        (Some(header), Some(body)) if header != body => {
-            return Err(WebhookError::EventMismatch {
-                name: "X-k6cloud-Event",
-                header: header.to_owned(),
-                body: body.to_owned(),
-            })
-        }
-        (_, Some(name)) | (Some(name), None) => name.to_owned(),
-        (None, None) => return Err(WebhookError::MissingField("event.type")),
-    };
+    let name = event_name(
+        ("X-k6cloud-Event", headers.k6_event),
+        ("event.type", body_event),
+    )?;
     let Some((kind, event_outcome)) = event_kind(&name) else {
         return Err(WebhookError::UnknownEvent {
             event: name,

@@ -141,6 +141,24 @@ pub struct Headers<'a> {
     pub user_agent: Option<&'a str>,
 }
 
+/// The event a delivery names: in the header `(name, value)`, in the body's
+/// `(field, value)`, or in both if they agree.
+fn event_name(
+    (header_name, header_value): (&'static str, Option<&str>),
+    (field, body): (&'static str, Option<String>),
+) -> Result<String, WebhookError> {
+    match (header(header_value), body) {
+        (Some(header), Some(body)) if header != body => Err(WebhookError::EventMismatch {
+            name: header_name,
+            header: header.to_owned(),
+            body,
+        }),
+        (_, Some(name)) => Ok(name),
+        (Some(name), None) => Ok(name.to_owned()),
+        (None, None) => Err(WebhookError::MissingField(field)),
+    }
+}
+
 /// A header's value, trimmed; `None` when absent or blank.
 fn header(value: Option<&str>) -> Option<&str> {
     value.map(str::trim).filter(|s| !s.is_empty())
@@ -356,20 +374,9 @@ pub fn parse(headers: Headers<'_>, body: &[u8]) -> Result<Delivery, WebhookError
         return k6cloud::parse(&headers, &fields);
     }
     let body_event = fields.optional("event", &STRING)?;
-    let header_event = header(headers.event);
-    let event_name = match (header_event, body_event.as_deref()) {
-        (Some(header), Some(body)) if header != body => {
-            return Err(WebhookError::EventMismatch {
-                name: "X-LoadImpact-Event",
-                header: header.to_owned(),
-                body: body.to_owned(),
-            })
-        }
-        (_, Some(name)) | (Some(name), None) => name,
-        (None, None) => return Err(WebhookError::MissingField("event")),
-    };
+    let event_name = event_name(("X-LoadImpact-Event", headers.event), ("event", body_event))?;
 
-    let event = match event_name {
+    let event = match event_name.as_str() {
         EVENT_STARTED => Event::Run(run_event(RunEventKind::Started, &fields)?),
         EVENT_FINISHED => Event::Run(run_event(RunEventKind::Finished, &fields)?),
         EVENT_NOTIFICATION_CHANNEL => Event::NotificationChannel,
