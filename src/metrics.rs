@@ -12,7 +12,7 @@ use crate::clock::Millis;
 use crate::outcome::Outcome;
 use crate::state::{seconds, CounterKey, Histogram, Machine, State, DURATION_BUCKETS};
 use crate::version::{REVISION, VERSION};
-use crate::webhook::Project;
+use crate::webhook::{Project, Trigger};
 use prometheus::{Registry, TextEncoder};
 use std::fmt::Write as _;
 
@@ -310,11 +310,22 @@ fn write_runs(x: &mut Exposition, state: &State, machine: &Machine) {
     for (project, count) in &running_now {
         x.gauge(name, &project_labels(project), *count as f64);
     }
+    // Every trigger of every known project, 0 until used.
     let name = "loadimpact_test_runs_started_total";
-    x.family(name, "Distinct test runs seen to start.", "counter");
-    for (key, value) in &state.counters {
-        if let CounterKey::Started(project) = key {
-            x.counter(name, &project_labels(project), *value);
+    x.family(
+        name,
+        "Distinct test runs seen to start, by trigger (scheduled, manual; unknown where the format does not say).",
+        "counter",
+    );
+    for project in running_now.keys() {
+        let [org, proj] = project_labels(project);
+        for trigger in Trigger::ALL {
+            let labels = [org, proj, ("trigger", Value::Text(trigger.as_str()))];
+            x.counter(
+                name,
+                &labels,
+                state.counter(&CounterKey::Started(*project, trigger)),
+            );
         }
     }
 }

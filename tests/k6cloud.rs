@@ -129,7 +129,8 @@ fn the_readmes_template_rendered_by_jinja2_is_accepted() {
     }
     let run = Run::new(11, 4242, 5150, 987_654);
     let s = exporter.samples();
-    assert_value(&s, &run.started_total(), 1.0);
+    assert_value(&s, &run.started_total_by("scheduled"), 1.0);
+    assert_value(&s, &run.started_total(), 0.0);
     assert_value(&s, &run.finished_total("failed_threshold"), 1.0);
     assert_value(&s, &run.running(), 0.0);
     // 90 s as the body says, though both arrived within a second.
@@ -205,7 +206,12 @@ fn every_event_identifier_counts_its_outcome_with_the_bodys_duration() {
             1.0,
             "{event}"
         );
-        assert_eq!(delta(&before, &after, &run.started_total()), 1.0, "{event}");
+        // Started manually: by the identifier, or by `was_scheduled` 0.
+        assert_eq!(
+            delta(&before, &after, &run.started_total_by("manual")),
+            1.0,
+            "{event}"
+        );
         assert_eq!(
             sample(&after, &run.duration_sum(outcome)),
             seconds as f64,
@@ -245,7 +251,9 @@ fn a_run_started_in_one_format_and_finished_in_the_other_is_one_run() {
     );
     exporter.post_expect(&b.started(), "duplicate");
     let s = exporter.samples();
-    assert_value(&s, &a.started_total(), 2.0);
+    // a by Load Impact (no trigger), b by k6 Cloud (`was_scheduled` 0).
+    assert_value(&s, &a.started_total(), 1.0);
+    assert_value(&s, &a.started_total_by("manual"), 1.0);
     assert_value(&s, &a.finished_total("aborted_by_user"), 1.0);
     assert_value(&s, &b.finished_total("finished"), 1.0);
     assert_value(&s, &a.running(), 0.0);
@@ -254,17 +262,33 @@ fn a_run_started_in_one_format_and_finished_in_the_other_is_one_run() {
     assert!(sample(&s, &a.duration_sum("aborted_by_user")) < 5.0);
 }
 
-/// The run metrics of a scrape: what the runs produced, whatever the format.
+/// The run metrics of a scrape: what the runs produced, whatever the
+/// format (the started runs summed over their triggers, which only k6
+/// Cloud's format says).
 fn run_counts(exporter: &Exporter) -> Vec<(String, f64)> {
-    exporter
-        .samples()
-        .into_iter()
-        .filter(|(k, _)| {
-            k.starts_with("loadimpact_test_runs_")
-                || k.starts_with("loadimpact_test_run_duration_seconds_count")
-                || k.starts_with("loadimpact_load_test_runs_finished_total")
-        })
-        .collect()
+    let mut counts = std::collections::BTreeMap::new();
+    for (series, value) in exporter.samples() {
+        let series = match series.split_once(",trigger=") {
+            Some((head, _)) => format!("{head}}}"),
+            None => series,
+        };
+        if series.starts_with("loadimpact_test_runs_")
+            || series.starts_with("loadimpact_test_run_duration_seconds_count")
+            || series.starts_with("loadimpact_load_test_runs_finished_total")
+        {
+            *counts.entry(series).or_insert(0.0) += value;
+        }
+    }
+    counts.into_iter().collect()
+}
+
+/// Started runs by trigger, over every project.
+fn started_by_trigger(exporter: &Exporter) -> std::collections::BTreeMap<String, f64> {
+    let mut by = std::collections::BTreeMap::new();
+    for (labels, value) in labelled(&exporter.samples(), "loadimpact_test_runs_started_total") {
+        *by.entry(labels["trigger"].clone()).or_insert(0.0) += value;
+    }
+    by
 }
 
 #[test]
@@ -316,6 +340,17 @@ fn a_mixed_stream_duplicated_and_reordered_counts_exactly() {
         want,
         "k6 Cloud's format counts as Load Impact's"
     );
+    // Only k6 Cloud says how a run was started; the simulator schedules some.
+    let legacy_triggers = started_by_trigger(&legacy);
+    let k6_triggers = started_by_trigger(&k6);
+    assert_eq!(legacy_triggers["unknown"], 36.0, "{legacy_triggers:?}");
+    assert_eq!(
+        legacy_triggers["scheduled"] + legacy_triggers["manual"],
+        0.0
+    );
+    assert_eq!(k6_triggers["unknown"], 0.0, "{k6_triggers:?}");
+    assert!(k6_triggers["scheduled"] > 0.0 && k6_triggers["manual"] > 0.0);
+    assert_eq!(k6_triggers["scheduled"] + k6_triggers["manual"], 36.0);
     // Everything again, in the other mix: nothing moves.
     simulate(&mixed, "k6cloud");
     simulate(&mixed, "legacy");

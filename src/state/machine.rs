@@ -257,7 +257,7 @@ impl Machine {
                 if run.name.is_none() {
                     run.name = event.name.clone();
                 }
-                state.bump(CounterKey::Started(project), changes);
+                state.bump(CounterKey::Started(project, event.trigger), changes);
             }
             RunEventKind::Finished => {
                 if run.finished_at.is_some() {

@@ -111,7 +111,7 @@ impl State {
         self.counters
             .keys()
             .filter_map(|key| match key {
-                CounterKey::Started(p) | CounterKey::Finished(p, _) | CounterKey::Expired(p) => {
+                CounterKey::Started(p, _) | CounterKey::Finished(p, _) | CounterKey::Expired(p) => {
                     Some(*p)
                 }
                 _ => None,

@@ -4,7 +4,7 @@
 use super::testing::*;
 use super::*;
 use crate::outcome::{classify, StatusTable};
-use crate::webhook::{RunEvent, RunEventKind};
+use crate::webhook::{RunEvent, RunEventKind, Trigger};
 use proptest::prelude::*;
 
 /// Run counters and duration histograms: what a duplicate must never move.
@@ -60,6 +60,14 @@ impl Harness {
         self.state.counter(&key)
     }
 
+    /// Runs of `project` started, whatever their trigger.
+    fn started(&self, project: Project) -> u64 {
+        Trigger::ALL
+            .iter()
+            .map(|t| self.counter(CounterKey::Started(project, *t)))
+            .sum()
+    }
+
     fn running(&self, project: Project) -> u64 {
         self.machine
             .running(&self.state)
@@ -77,7 +85,7 @@ impl Harness {
             .filter(|(k, _)| {
                 matches!(
                     k,
-                    CounterKey::Started(_) | CounterKey::Finished(..) | CounterKey::Expired(_)
+                    CounterKey::Started(..) | CounterKey::Finished(..) | CounterKey::Expired(_)
                 )
             })
             .map(|(k, v)| (k.clone(), *v))
@@ -96,7 +104,7 @@ fn start_then_finish_counts_once_and_observes_the_duration() {
         EventResult::Accepted
     );
     assert_eq!(h.running(P1), 0);
-    assert_eq!(h.counter(CounterKey::Started(P1)), 1);
+    assert_eq!(h.started(P1), 1);
     assert_eq!(h.counter(CounterKey::Finished(P1, Outcome::Finished)), 1);
     let hist = &h.state.histograms[&(P1, Outcome::Finished)];
     assert_eq!(hist.count, 1);
@@ -182,11 +190,11 @@ fn finish_before_start_counts_the_finish_and_never_shows_running() {
     assert!(h.state.histograms.is_empty(), "no start, no duration");
     assert_eq!(h.deliver("s", start(7, P1), 6_000), EventResult::Ignored);
     assert_eq!(h.running(P1), 0);
-    assert_eq!(h.counter(CounterKey::Started(P1)), 1);
+    assert_eq!(h.started(P1), 1);
     assert!(h.state.histograms.is_empty());
     // And the late start is itself deduplicated.
     assert_eq!(h.deliver("s2", start(7, P1), 7_000), EventResult::Duplicate);
-    assert_eq!(h.counter(CounterKey::Started(P1)), 1);
+    assert_eq!(h.started(P1), 1);
 }
 
 #[test]
@@ -340,7 +348,7 @@ proptest! {
                 .filter(|s| !s.finish && project_of(s.run) == project).map(|s| s.run).collect();
             let finished: BTreeSet<u64> = steps.iter()
                 .filter(|s| s.finish && project_of(s.run) == project).map(|s| s.run).collect();
-            prop_assert_eq!(h.counter(CounterKey::Started(project)), started.len() as u64);
+            prop_assert_eq!(h.started(project), started.len() as u64);
             let total: u64 = Outcome::ALL.iter()
                 .map(|o| h.counter(CounterKey::Finished(project, *o))).sum();
             prop_assert_eq!(total, finished.len() as u64);
@@ -610,7 +618,7 @@ fn a_run_started_in_one_format_and_finished_in_the_other_is_one_run() {
     let mut h = Harness::new();
     h.deliver("legacy-start", start(7, P1), 1_000);
     h.deliver("k6-finish", Event::Run(k6_finish(7, P1, 3, false)), 4_000);
-    assert_eq!(h.counter(CounterKey::Started(P1)), 1);
+    assert_eq!(h.started(P1), 1);
     assert_eq!(h.counter(CounterKey::Finished(P1, Outcome::Finished)), 1);
     assert_eq!(h.running(P1), 0);
     assert_eq!(
@@ -624,6 +632,22 @@ fn a_run_started_in_one_format_and_finished_in_the_other_is_one_run() {
         5_000,
     );
     assert_eq!(again, EventResult::Duplicate);
+}
+
+#[test]
+fn a_start_counts_under_its_trigger() {
+    let mut h = Harness::new();
+    let scheduled = RunEvent {
+        kind: RunEventKind::Started,
+        trigger: Trigger::Scheduled,
+        ..k6_finish(1, P1, 2, false)
+    };
+    h.deliver("s", Event::Run(scheduled), 0);
+    h.deliver("l", start(2, P1), 0);
+    assert_eq!(h.counter(CounterKey::Started(P1, Trigger::Scheduled)), 1);
+    assert_eq!(h.counter(CounterKey::Started(P1, Trigger::Unknown)), 1);
+    assert_eq!(h.counter(CounterKey::Started(P1, Trigger::Manual)), 0);
+    assert_eq!(h.started(P1), 2);
 }
 
 #[test]

@@ -4,7 +4,7 @@
 
 use crate::clock::Millis;
 use crate::outcome::Outcome;
-use crate::webhook::Project;
+use crate::webhook::{Project, Trigger};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -165,7 +165,7 @@ pub enum CounterKey {
     /// `loadimpact_webhook_events_total{event,result}`
     Events { event: String, result: EventResult },
     /// `loadimpact_test_runs_started_total`
-    Started(Project),
+    Started(Project, Trigger),
     /// `loadimpact_test_runs_finished_total`
     Finished(Project, Outcome),
     /// `loadimpact_test_runs_expired_total`

@@ -40,9 +40,10 @@ const FINISHES: TableDefinition<(u64, u64, i64), u64> = TableDefinition::new("fi
 const RECENT: TableDefinition<u64, &[u8]> = TableDefinition::new("recent");
 const META: TableDefinition<&str, &str> = TableDefinition::new("meta");
 
-/// The layout version written in `meta`. Version 1 (durations as float
-/// seconds, one table for all runs) is migrated on open; a newer one is refused.
-const SCHEMA_VERSION: &str = "2";
+/// The layout version written in `meta`. Older layouts are migrated on open
+/// (1: durations as float seconds, one table for all runs; 2: started runs
+/// counted by project alone); a newer one is refused.
+const SCHEMA_VERSION: &str = "3";
 
 /// The state in a redb database file, `loadimpact.redb` in the storage directory.
 pub struct RedbStore {
@@ -103,11 +104,16 @@ fn open_db(path: &Path) -> Result<Database, StoreError> {
             Some(SCHEMA_VERSION) => {}
             Some("1") => {
                 migrate_from_v1(&txn)?;
-                tracing::info!(path = %path.display(), "store migrated from layout 1 to 2");
+                migrate_from_v2(&txn)?;
+                tracing::info!(path = %path.display(), "store migrated from layout 1 to 3");
+            }
+            Some("2") => {
+                migrate_from_v2(&txn)?;
+                tracing::info!(path = %path.display(), "store migrated from layout 2 to 3");
             }
             Some(v) => {
                 return Err(StoreError::Db(format!(
-                    "{} has schema version {v}; this build reads versions 1 and {SCHEMA_VERSION}",
+                    "{} has schema version {v}; this build reads versions 1 to {SCHEMA_VERSION}",
                     path.display()
                 )));
             }
@@ -186,6 +192,27 @@ fn migrate_from_v1(txn: &redb::WriteTransaction) -> Result<(), StoreError> {
     for (k, v) in moved {
         ended.insert(k, v.as_slice()).map_err(db_err)?;
         runs.remove(k).map_err(db_err)?;
+    }
+    Ok(())
+}
+
+/// Layout 2 counted started runs by project alone; layout 3 by project and
+/// trigger. Every stored start predates the trigger, so it is `unknown`.
+fn migrate_from_v2(txn: &redb::WriteTransaction) -> Result<(), StoreError> {
+    use serde_json::Value;
+    let mut counters = txn.open_table(COUNTERS).map_err(db_err)?;
+    let mut moved = Vec::new();
+    for entry in counters.iter().map_err(db_err)? {
+        let (k, v) = entry.map_err(db_err)?;
+        let key: Value = from_json("counters", k.value().as_bytes())?;
+        if let Some(project) = key.get("Started").filter(|p| p.is_object()) {
+            let new = serde_json::json!({ "Started": [project, "unknown"] });
+            moved.push((k.value().to_owned(), key_json(&new)?, v.value()));
+        }
+    }
+    for (old, new, count) in moved {
+        counters.remove(old.as_str()).map_err(db_err)?;
+        counters.insert(new.as_str(), count).map_err(db_err)?;
     }
     Ok(())
 }
@@ -538,6 +565,9 @@ mod tests {
             {
                 let mut meta = txn.open_table(META).expect("meta");
                 meta.insert("schema_version", "1").expect("version");
+                let mut c = txn.open_table(COUNTERS).expect("counters");
+                let started = r#"{"Started":{"organization_id":1,"project_id":2}}"#;
+                c.insert(started, 5).expect("counter");
                 let mut h = txn.open_table(HISTOGRAMS).expect("histograms");
                 let key = r#"[{"organization_id":1,"project_id":2},"finished"]"#;
                 let old =
@@ -563,6 +593,8 @@ mod tests {
         let h = &state.histograms[&(project, Outcome::Finished)];
         assert_eq!((h.sum_millis, h.count), (100_000_239, 2));
         assert_eq!(state.load_tests[&7].last_duration_millis, Some(239));
+        let started = crate::state::CounterKey::Started(project, crate::webhook::Trigger::Unknown);
+        assert_eq!(state.counter(&started), 5, "{:?}", state.counters);
         assert_eq!(
             state.runs.keys().collect::<Vec<_>>(),
             [&2],
@@ -575,7 +607,7 @@ mod tests {
         store.fetch(&mut state, &wanted).expect("fetch");
         assert_eq!(state.runs[&1].finished_at, Some(5));
         drop(store);
-        // Opening it again finds layout 2 and changes nothing.
+        // Opening it again finds the current layout and changes nothing.
         let store = RedbStore::open(dir.path()).expect("reopen");
         assert_eq!(store.load().expect("load").histograms.len(), 1);
     }

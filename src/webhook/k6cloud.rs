@@ -10,8 +10,8 @@
 //! proxy stripped them, by its shape (see [`is_k6cloud`]).
 
 use super::{
-    event_name, header, Delivery, Event, Fields, Format, Headers, Project, RunEvent, RunEventKind,
-    WebhookError, ID, INTEGER, STRING,
+    event_name, header, Delivery, Event, Fields, Format, Headers, Kind, Project, RunEvent,
+    RunEventKind, Trigger, WebhookError, ID, INTEGER, STRING,
 };
 use crate::clock::Millis;
 use crate::outcome::Outcome;
@@ -49,6 +49,24 @@ pub(super) fn is_k6cloud(headers: &Headers<'_>, fields: &Fields) -> bool {
     match fields.raw("event") {
         Some(raw) if raw.get() != "null" => is_object("event"),
         _ => is_object("test"),
+    }
+}
+
+/// `test.was_scheduled`: 1 or 0, or true or false, as templates render it.
+const SCHEDULED: Kind<bool> = Kind {
+    expected: "1, 0, true or false",
+    convert: |v| {
+        v.as_bool()
+            .or_else(|| v.as_u64().filter(|n| *n <= 1).map(|n| n == 1))
+    },
+};
+
+/// How a start event identifier says the run was started, if it says.
+fn event_trigger(name: &str) -> Option<Trigger> {
+    match name {
+        "test.started.scheduled" => Some(Trigger::Scheduled),
+        "test.started.manual" => Some(Trigger::Manual),
+        _ => None,
     }
 }
 
@@ -110,6 +128,16 @@ pub(super) fn parse(headers: &Headers<'_>, fields: &Fields) -> Result<Delivery, 
         None => None,
     };
     let result = test.optional("test.result", &INTEGER)?;
+    let scheduled = test.optional("test.was_scheduled", &SCHEDULED)?;
+    let trigger = event_trigger(&name)
+        .or(scheduled.map(|s| {
+            if s {
+                Trigger::Scheduled
+            } else {
+                Trigger::Manual
+            }
+        }))
+        .unwrap_or(Trigger::Unknown);
     let run = RunEvent {
         kind,
         load_test_run_id: test.required("test.id", &ID)?,
@@ -129,6 +157,7 @@ pub(super) fn parse(headers: &Headers<'_>, fields: &Fields) -> Result<Delivery, 
         reported_end: time(&test, "test.ended"),
         url: test.optional("test.url", &STRING)?,
         load_test_url: test.optional("test.load_test_url", &STRING)?,
+        trigger,
     };
     let event_id = match &event {
         Some(event) => event.optional("event.id", &STRING)?,
@@ -361,6 +390,32 @@ mod tests {
         };
         let err = parse(headers, &body()).expect_err("not Load Impact's body");
         assert_eq!(err.field(), Some("event"));
+    }
+
+    #[test]
+    fn the_trigger_comes_from_the_event_else_was_scheduled() {
+        let trigger = |event: &str, scheduled: Value| {
+            let mut b = body();
+            b["event"]["type"] = json!(event);
+            b["test"]["was_scheduled"] = scheduled;
+            parse(Headers::default(), &b).map(|d| run_of(d).trigger)
+        };
+        assert_eq!(
+            trigger("test.started.scheduled", json!(0)),
+            Ok(Trigger::Scheduled)
+        );
+        assert_eq!(
+            trigger("test.started.manual", json!(true)),
+            Ok(Trigger::Manual)
+        );
+        assert_eq!(trigger("test.started", json!(1)), Ok(Trigger::Scheduled));
+        assert_eq!(
+            trigger("test.started.all", json!(false)),
+            Ok(Trigger::Manual)
+        );
+        assert_eq!(trigger("test.started", Value::Null), Ok(Trigger::Unknown));
+        let err = trigger("test.started", json!(2)).expect_err("2 is no boolean");
+        assert_eq!(err.field(), Some("test.was_scheduled"));
     }
 
     #[test]

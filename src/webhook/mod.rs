@@ -77,6 +77,43 @@ impl RunEventKind {
     }
 }
 
+/// How a run was started: the `trigger` label of the started runs. Only
+/// Grafana Cloud k6 says (by its event identifier or `test.was_scheduled`);
+/// Load Impact's runs are `Unknown`.
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    Default,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    serde::Serialize,
+    serde::Deserialize,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum Trigger {
+    Scheduled,
+    Manual,
+    #[default]
+    Unknown,
+}
+
+impl Trigger {
+    /// Every trigger, in the order they are exported.
+    pub const ALL: [Trigger; 3] = [Trigger::Scheduled, Trigger::Manual, Trigger::Unknown];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Trigger::Scheduled => "scheduled",
+            Trigger::Manual => "manual",
+            Trigger::Unknown => "unknown",
+        }
+    }
+}
+
 /// Which service's format a delivery came in: it decides how the status
 /// reads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -115,6 +152,8 @@ pub struct RunEvent {
     /// `test.load_test_url`).
     pub url: Option<String>,
     pub load_test_url: Option<String>,
+    /// How the run was started.
+    pub trigger: Trigger,
 }
 
 /// One parsed delivery: the event and the ids that identify it (Load

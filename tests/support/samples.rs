@@ -194,8 +194,17 @@ impl Run {
         self.series(name, &format!(",outcome=\"{outcome}\""))
     }
 
+    /// Started runs of its project with no trigger said (Load Impact's).
     pub fn started_total(&self) -> String {
-        self.series("loadimpact_test_runs_started_total", "")
+        self.started_total_by("unknown")
+    }
+
+    /// Started runs of its project with this `trigger`.
+    pub fn started_total_by(&self, trigger: &str) -> String {
+        self.series(
+            "loadimpact_test_runs_started_total",
+            &format!(",trigger=\"{trigger}\""),
+        )
     }
 
     pub fn running(&self) -> String {
