@@ -10,8 +10,8 @@
 //! proxy stripped them, by its shape (see [`is_k6cloud`]).
 
 use super::{
-    event_name, header, Delivery, Event, Fields, Format, Headers, Kind, Project, RunEvent,
-    RunEventKind, Trigger, WebhookError, ID, INTEGER, STRING,
+    header, Delivery, Event, Fields, Format, Headers, Kind, Project, RunEvent, RunEventKind,
+    Trigger, WebhookError, ID, INTEGER, STRING,
 };
 use crate::clock::Millis;
 use crate::outcome::Outcome;
@@ -79,7 +79,8 @@ fn event_kind(name: &str) -> Option<(RunEventKind, Option<Outcome>)> {
         "test.started" | "test.started.manual" | "test.started.scheduled" | "test.started.all" => {
             (Start, None)
         }
-        "test.finished" | "test.finished.all" => (Finish, None),
+        // The header may name the event only as `test.started` or `test.ended`.
+        "test.finished" | "test.finished.all" | "test.ended" => (Finish, None),
         "test.finished.finished" | "test.finished.success" => (Finish, Some(Finished)),
         "test.finished.failed" => (Finish, Some(FailedThreshold)),
         "test.finished.timed_out" => (Finish, Some(TimedOut)),
@@ -90,6 +91,40 @@ fn event_kind(name: &str) -> Option<(RunEventKind, Option<Outcome>)> {
         "test.finished.aborted_limit" => (Finish, Some(AbortedByLimit)),
         _ => return None,
     })
+}
+
+/// The event a notification names, in `X-k6cloud-Event`, in `event.type`, or
+/// in both. The header may be coarser (`test.ended` where the body says
+/// `test.finished.aborted_user`): the two must agree on start or finish, and
+/// the body's identifier, the one that fired, says the rest.
+fn event_named(
+    header: Option<&str>,
+    body: Option<String>,
+) -> Result<(RunEventKind, Option<Outcome>, String), WebhookError> {
+    let known = |name: &str| {
+        event_kind(name).ok_or_else(|| WebhookError::UnknownEvent {
+            event: name.to_owned(),
+            expected: EXPECTED,
+        })
+    };
+    match (header, body) {
+        (None, None) => Err(WebhookError::MissingField("event.type")),
+        (Some(name), None) => known(name).map(|(k, o)| (k, o, name.to_owned())),
+        (header, Some(name)) => {
+            let (kind, outcome) = known(&name)?;
+            match header.map(|h| (h, known(h))) {
+                Some((h, Ok((header_kind, _)))) if header_kind != kind => {
+                    Err(WebhookError::EventMismatch {
+                        name: "X-k6cloud-Event",
+                        header: h.to_owned(),
+                        body: name,
+                    })
+                }
+                Some((_, Err(e))) => Err(e),
+                _ => Ok((kind, outcome, name)),
+            }
+        }
+    }
 }
 
 /// A time as k6 Cloud writes it (ISO 8601 in GMT, `T` or a space, optional
@@ -109,16 +144,9 @@ pub(super) fn parse(headers: &Headers<'_>, fields: &Fields) -> Result<Delivery, 
         Some(event) => event.optional("event.type", &STRING)?,
         None => None,
     };
-    let name = event_name(
-        ("X-k6cloud-Event", headers.k6_event),
-        ("event.type", body_event),
-    )?;
-    let Some((kind, event_outcome)) = event_kind(&name) else {
-        return Err(WebhookError::UnknownEvent {
-            event: name,
-            expected: EXPECTED,
-        });
-    };
+    // `<any>` is what k6 Cloud renders when no event was chosen.
+    let body_event = body_event.filter(|name| name.trim() != "<any>");
+    let (kind, event_outcome, name) = event_named(header(headers.k6_event), body_event)?;
     let test = fields
         .object("test", "test.")?
         .ok_or(WebhookError::MissingField("test"))?;
@@ -129,7 +157,7 @@ pub(super) fn parse(headers: &Headers<'_>, fields: &Fields) -> Result<Delivery, 
     };
     let result = test.optional("test.result", &INTEGER)?;
     let scheduled = test.optional("test.was_scheduled", &SCHEDULED)?;
-    let trigger = event_trigger(&name)
+    let trigger = event_trigger(name.as_str())
         .or(scheduled.map(|s| {
             if s {
                 Trigger::Scheduled
@@ -243,13 +271,34 @@ mod tests {
         let d = parse(headers, &b).expect("valid");
         assert_eq!(d.request_ids, vec!["req-7".to_owned()]);
         assert_eq!(run_of(d).kind, RunEventKind::Started);
-        // A mismatch between header and body is refused.
+        // A start in the header and a finish in the body is refused.
         let headers = Headers {
             k6_event: Some("test.started"),
             ..Headers::default()
         };
         let err = parse(headers, &body()).expect_err("mismatch");
         assert_eq!((err.status(), err.field()), (400, Some("event")));
+        // The header may be coarser than the body: the body's identifier wins.
+        let headers = Headers {
+            k6_event: Some("test.ended"),
+            ..Headers::default()
+        };
+        let mut b = body();
+        b["event"]["type"] = json!("test.finished.aborted_user");
+        let run = run_of(parse(headers, &b).expect("test.ended with a specific body"));
+        assert_eq!(
+            (run.kind, run.event_outcome),
+            (RunEventKind::Finished, Some(Outcome::AbortedByUser))
+        );
+        // `<any>` in the body: the header names the event.
+        b["event"]["type"] = json!("<any>");
+        let run = run_of(parse(headers, &b).expect("<any> with a header"));
+        assert_eq!(
+            (run.kind, run.event_outcome),
+            (RunEventKind::Finished, None)
+        );
+        let err = parse(Headers::default(), &b).expect_err("<any> and no header");
+        assert_eq!(err.field(), Some("event.type"));
     }
 
     #[test]
