@@ -10,7 +10,7 @@
 
 use crate::clock::Millis;
 use crate::outcome::Outcome;
-use crate::state::{seconds, CounterKey, Histogram, Machine, State, DURATION_BUCKETS};
+use crate::state::{seconds, CounterKey, ErrorCode, Histogram, Machine, State, DURATION_BUCKETS};
 use crate::version::{REVISION, VERSION};
 use crate::webhook::{Project, Trigger};
 use prometheus::{Registry, TextEncoder};
@@ -253,6 +253,24 @@ fn write_runs(x: &mut Exposition, state: &State, machine: &Machine) {
         let [org, proj] = project_labels(project);
         let labels = [org, proj, ("outcome", Value::Text(outcome.as_str()))];
         x.histogram(name, &labels, histogram);
+    }
+
+    let name = "loadimpact_test_run_errors_total";
+    x.family(
+        name,
+        "Errors Grafana Cloud k6 attached to finished runs, by its internal code (other past the first 32 codes).",
+        "counter",
+    );
+    for (key, value) in &state.counters {
+        if let CounterKey::RunErrors(project, code) = key {
+            let [org, proj] = project_labels(project);
+            let code = match code {
+                ErrorCode::Code(c) => c.to_string(),
+                ErrorCode::Other => "other".to_owned(),
+            };
+            let labels = [org, proj, ("code", Value::Text(&code))];
+            x.counter(name, &labels, *value);
+        }
     }
 
     let name = "loadimpact_test_run_info";

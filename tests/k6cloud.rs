@@ -517,3 +517,46 @@ fn the_span_has_the_bodys_times_and_the_runs_links() {
     assert_eq!(ours.len(), 1, "{info:?}");
     assert_eq!(ours[0].0.get("url"), Some(&url));
 }
+
+#[test]
+fn a_finishs_errors_are_counted_by_code_once() {
+    let exporter = Exporter::start(&[]);
+    let run = Run::new(13, 1300, 130, 888_001);
+    let mut finished = run.k6(
+        "test.finished.aborted_script_error",
+        7,
+        None,
+        "",
+        Value::Null,
+    );
+    finished["errors"] = json!([
+        {"code": 1001, "created": "2024-05-06T10:00:05Z", "detail": "a \"quoted\" detail"},
+        {"code": 1001, "created": "2024-05-06T10:00:06Z", "detail": "again"},
+        {"code": 7, "created": null, "detail": null}
+    ]);
+    post_k6_expect(&exporter, &finished, "accepted");
+    // A retry of the same notification (same event.id, new request id).
+    post_k6_expect(&exporter, &finished, "duplicate");
+    let s = exporter.samples();
+    let errors = |code: &str| {
+        run.series(
+            "loadimpact_test_run_errors_total",
+            &format!(",code=\"{code}\""),
+        )
+    };
+    assert_value(&s, &errors("1001"), 2.0);
+    assert_value(&s, &errors("7"), 1.0);
+    assert_value(&s, &run.finished_total("aborted_by_script_error"), 1.0);
+    // A malformed list is refused and counts nothing.
+    let mut bad = run.k6("test.finished.finished", 3, Some(0), "", Value::Null);
+    bad["errors"] = json!([{"code": "1001"}]);
+    let resp = post_k6(&exporter, &bad, false);
+    assert_eq!(resp.status, 400, "{}", resp.body);
+    assert_eq!(resp.json()["field"], json!("errors.code"));
+    assert_only_moved(
+        &s,
+        &exporter.samples(),
+        &[(&requests_total(400), 1.0)],
+        "a refused errors list",
+    );
+}

@@ -150,6 +150,16 @@ pub fn span_data(run_id: u64, record: &SpanRecord) -> SpanData {
         SpanEnd::Finished { .. } => "finished",
         SpanEnd::Expired => "expired",
     };
+    // The errors k6 Cloud attached to the run, each when it happened (or at
+    // the end, where it does not say).
+    for error in &record.errors {
+        let mut attributes = vec![KeyValue::new("loadimpact.error.code", error.code)];
+        if let Some(detail) = &error.detail {
+            attributes.push(KeyValue::new("loadimpact.error.detail", detail.clone()));
+        }
+        let at = error.created.map_or(end, time);
+        events.push(Event::new("error", at, attributes, 0));
+    }
     events.push(Event::new(end_event, end, Vec::new(), 0));
     let mut span_events = SpanEvents::default();
     span_events.events = events;
@@ -199,6 +209,7 @@ mod tests {
             end_kind,
             url: None,
             load_test_url: None,
+            errors: Vec::new(),
         }
     }
 
@@ -216,6 +227,47 @@ mod tests {
         let hash = Sha256::digest(b"loadimpact-exporter/span/42");
         assert_eq!(span_id(42).to_bytes().as_slice(), &hash[..8]);
         assert_ne!(trace_id(42), trace_id(43));
+    }
+
+    #[test]
+    fn k6_clouds_errors_are_span_events_at_their_time() {
+        let mut r = record(
+            SpanEnd::Finished {
+                outcome: Outcome::AbortedByScriptError,
+                status: 7,
+                status_text: None,
+            },
+            Some(30_000),
+        );
+        r.errors = vec![
+            crate::webhook::RunError {
+                code: 1001,
+                detail: Some("script error".into()),
+                created: Some(45_000),
+            },
+            crate::webhook::RunError {
+                code: 7,
+                detail: None,
+                created: None,
+            },
+        ];
+        let span = span_data(5, &r);
+        let errors: Vec<_> = span.events.iter().filter(|e| e.name == "error").collect();
+        assert_eq!(errors.len(), 2);
+        assert_eq!(errors[0].timestamp, time(45_000));
+        assert_eq!(errors[1].timestamp, time(90_000), "no time: at the end");
+        let code = |e: &opentelemetry::trace::Event| {
+            e.attributes
+                .iter()
+                .find(|kv| kv.key.as_str() == "loadimpact.error.code")
+                .map(|kv| kv.value.clone())
+        };
+        assert_eq!(code(errors[0]), Some(Value::I64(1001)));
+        assert_eq!(code(errors[1]), Some(Value::I64(7)));
+        assert!(errors[0]
+            .attributes
+            .iter()
+            .any(|kv| kv.key.as_str() == "loadimpact.error.detail"));
     }
 
     #[test]

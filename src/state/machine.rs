@@ -3,8 +3,8 @@
 //! recorded in [`Changes`].
 
 use super::{
-    finish_code, finish_of, Changes, CounterKey, EventResult, Key, LoadTest, Run, SpanEnd,
-    SpanRecord, State,
+    finish_code, finish_of, Changes, CounterKey, ErrorCode, EventResult, Key, LoadTest, Run,
+    SpanEnd, SpanRecord, State, MAX_ERROR_CODES,
 };
 use crate::clock::{millis, Millis};
 use crate::outcome::{classify, classify_k6cloud, Outcome, StatusTable};
@@ -13,6 +13,9 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 /// An input to the state machine.
+// Inputs pass through one channel and are applied at once; the webhook
+// variant is the common one, so boxing it would cost an allocation each.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq)]
 pub enum Input {
     /// A valid delivery, received at `at`, with the ids that identify it.
@@ -53,6 +56,25 @@ impl Applied {
             status: None,
             duration_millis: None,
         }
+    }
+}
+
+/// The label an error `code` is counted under: its own while it is one of
+/// the first [`MAX_ERROR_CODES`] distinct codes seen, else `other`.
+fn error_code(state: &State, code: i64) -> ErrorCode {
+    let mut seen = std::collections::BTreeSet::new();
+    for key in state.counters.keys() {
+        if let CounterKey::RunErrors(_, ErrorCode::Code(c)) = key {
+            if *c == code {
+                return ErrorCode::Code(code);
+            }
+            seen.insert(*c);
+        }
+    }
+    if seen.len() < MAX_ERROR_CODES {
+        ErrorCode::Code(code)
+    } else {
+        ErrorCode::Other
     }
 }
 
@@ -293,8 +315,9 @@ impl Machine {
                 applied.status = Some(event.status);
                 applied.duration_millis = run.duration_millis();
                 // An expired run already has its span (ended at the expiry).
-                let span = run.expired_at.is_none().then(|| {
-                    run.span(
+                let span = run.expired_at.is_none().then(|| SpanRecord {
+                    errors: event.errors.clone(),
+                    ..run.span(
                         at,
                         SpanEnd::Finished {
                             outcome,
@@ -316,6 +339,11 @@ impl Machine {
                 let n = state.finish_count(&project, code);
                 state.set_finish_count(project, code, n + 1);
                 state.bump(CounterKey::Finished(project, outcome), changes);
+                // The errors of a run come with its finish, counted once.
+                for error in &event.errors {
+                    let code = error_code(state, error.code);
+                    state.bump(CounterKey::RunErrors(project, code), changes);
+                }
                 if let Some(span) = span {
                     self.enqueue_span(state, run_id, span, changes);
                 }

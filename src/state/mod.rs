@@ -30,8 +30,8 @@ mod types;
 pub use changes::{Changes, Key, Saved};
 pub use machine::{Applied, Input, Machine};
 pub use types::{
-    finish_code, finish_of, seconds, CounterKey, EventResult, FinishCode, Histogram, LoadTest, Run,
-    SpanEnd, SpanRecord, DURATION_BUCKETS,
+    finish_code, finish_of, seconds, CounterKey, ErrorCode, EventResult, FinishCode, Histogram,
+    LoadTest, Run, SpanEnd, SpanRecord, DURATION_BUCKETS, MAX_ERROR_CODES,
 };
 
 /// Everything the exporter knows. Each map is one table of the store.

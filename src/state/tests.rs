@@ -674,3 +674,53 @@ fn any_of_a_deliverys_ids_makes_it_a_duplicate() {
         EventResult::Accepted
     );
 }
+
+#[test]
+fn a_finishs_errors_count_once_and_codes_past_the_cap_are_other() {
+    let mut h = Harness::new();
+    let errors = |codes: &[i64]| -> Vec<crate::webhook::RunError> {
+        codes
+            .iter()
+            .map(|code| crate::webhook::RunError {
+                code: *code,
+                detail: None,
+                created: None,
+            })
+            .collect()
+    };
+    let with_errors = RunEvent {
+        errors: errors(&[5, 5, 9]),
+        ..k6_finish(1, P1, 7, false)
+    };
+    h.deliver("a", Event::Run(with_errors.clone()), 0);
+    // The same finish again is a duplicate: its errors are not counted again.
+    h.deliver("b", Event::Run(with_errors), 1);
+    assert_eq!(h.counter(CounterKey::RunErrors(P1, ErrorCode::Code(5))), 2);
+    assert_eq!(h.counter(CounterKey::RunErrors(P1, ErrorCode::Code(9))), 1);
+    // Codes past the first MAX_ERROR_CODES distinct ones are counted as other.
+    let many: Vec<i64> = (100..100 + MAX_ERROR_CODES as i64).collect();
+    let flood = RunEvent {
+        errors: errors(&many),
+        ..k6_finish(2, P2, 7, false)
+    };
+    h.deliver("c", Event::Run(flood), 2);
+    let other = h.counter(CounterKey::RunErrors(P2, ErrorCode::Other));
+    assert_eq!(other, 2, "two of the new codes were past the cap");
+    let labelled = h
+        .state
+        .counters
+        .keys()
+        .filter(|k| matches!(k, CounterKey::RunErrors(_, ErrorCode::Code(_))))
+        .count();
+    assert_eq!(
+        labelled, MAX_ERROR_CODES,
+        "codes 5 and 9 for P1, 30 new for P2"
+    );
+    // A code already labelled keeps its label.
+    let again = RunEvent {
+        errors: errors(&[9]),
+        ..k6_finish(3, P2, 7, false)
+    };
+    h.deliver("d", Event::Run(again), 3);
+    assert_eq!(h.counter(CounterKey::RunErrors(P2, ErrorCode::Code(9))), 1);
+}

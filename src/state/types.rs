@@ -4,7 +4,7 @@
 
 use crate::clock::Millis;
 use crate::outcome::Outcome;
-use crate::webhook::{Project, Trigger};
+use crate::webhook::{Project, RunError, Trigger};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -138,6 +138,7 @@ impl Run {
             end_kind,
             url: self.url.clone(),
             load_test_url: self.load_test_url.clone(),
+            errors: Vec::new(),
         }
     }
 }
@@ -157,6 +158,19 @@ pub struct LoadTest {
     pub last_duration_millis: Option<u64>,
 }
 
+/// The `code` label of a run's errors: k6 Cloud's internal code, or `other`
+/// past the first [`MAX_ERROR_CODES`] distinct codes, so that made-up codes
+/// cannot grow the series without bound.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    Code(i64),
+    Other,
+}
+
+/// How many distinct error codes get a label of their own.
+pub const MAX_ERROR_CODES: usize = 32;
+
 /// A counter's identity: metric and labels.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub enum CounterKey {
@@ -170,6 +184,8 @@ pub enum CounterKey {
     Finished(Project, Outcome),
     /// `loadimpact_test_runs_expired_total`
     Expired(Project),
+    /// `loadimpact_test_run_errors_total`
+    RunErrors(Project, ErrorCode),
     /// `loadimpact_spans_exported_total`
     SpansExported,
     /// `loadimpact_span_export_failures_total`
@@ -260,4 +276,7 @@ pub struct SpanRecord {
     pub url: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub load_test_url: Option<String>,
+    /// The errors k6 Cloud attached to the run: the span's events.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub errors: Vec<RunError>,
 }

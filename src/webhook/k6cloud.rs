@@ -10,8 +10,8 @@
 //! proxy stripped them, by its shape (see [`is_k6cloud`]).
 
 use super::{
-    header, Delivery, Event, Fields, Format, Headers, Kind, Project, RunEvent, RunEventKind,
-    Trigger, WebhookError, ID, INTEGER, STRING,
+    header, Delivery, Event, Fields, Format, Headers, Kind, Project, RunError, RunEvent,
+    RunEventKind, Trigger, WebhookError, ID, INTEGER, STRING,
 };
 use crate::clock::Millis;
 use crate::outcome::Outcome;
@@ -127,6 +127,37 @@ fn event_named(
     }
 }
 
+/// The `errors` list: objects with an integer `code` and, optionally, a
+/// `detail` and a `created` time; named `errors.code` and so on when wrong.
+fn errors(fields: &Fields) -> Result<Vec<RunError>, WebhookError> {
+    let Some(raw) = fields.raw("errors").filter(|raw| raw.get() != "null") else {
+        return Ok(Vec::new());
+    };
+    let wrong = WebhookError::WrongType {
+        field: "errors",
+        expected: "a list of objects",
+    };
+    let items: Vec<Box<serde_json::value::RawValue>> =
+        serde_json::from_str(raw.get()).map_err(|_| wrong.clone())?;
+    let mut out = Vec::with_capacity(items.len());
+    for item in items {
+        if !item.get().starts_with('{') {
+            return Err(wrong);
+        }
+        let map = serde_json::from_str(item.get()).map_err(|_| wrong.clone())?;
+        let error = Fields {
+            map,
+            prefix: "errors.",
+        };
+        out.push(RunError {
+            code: error.required("errors.code", &INTEGER)?,
+            detail: error.optional("errors.detail", &STRING)?,
+            created: time(&error, "errors.created"),
+        });
+    }
+    Ok(out)
+}
+
 /// A time as k6 Cloud writes it (ISO 8601 in GMT, `T` or a space, optional
 /// fraction and `Z`), in milliseconds; `None` for anything else, so that an
 /// unreadable time falls back to the time of receipt.
@@ -186,6 +217,7 @@ pub(super) fn parse(headers: &Headers<'_>, fields: &Fields) -> Result<Delivery, 
         url: test.optional("test.url", &STRING)?,
         load_test_url: test.optional("test.load_test_url", &STRING)?,
         trigger,
+        errors: errors(fields)?,
     };
     let event_id = match &event {
         Some(event) => event.optional("event.id", &STRING)?,
@@ -465,6 +497,35 @@ mod tests {
         assert_eq!(trigger("test.started", Value::Null), Ok(Trigger::Unknown));
         let err = trigger("test.started", json!(2)).expect_err("2 is no boolean");
         assert_eq!(err.field(), Some("test.was_scheduled"));
+    }
+
+    #[test]
+    fn errors_are_read_and_named_when_wrong() {
+        let mut b = body();
+        b["errors"] = json!([
+            {"code": 1001, "created": "2024-05-06T10:00:05Z", "detail": "a \"quoted\" detail"},
+            {"code": 7}
+        ]);
+        let run = run_of(parse(Headers::default(), &b).expect("valid"));
+        assert_eq!(run.errors.len(), 2);
+        assert_eq!(run.errors[0].code, 1001);
+        assert_eq!(run.errors[0].created, Some(1_714_989_605_000));
+        assert_eq!(run.errors[0].detail.as_deref(), Some("a \"quoted\" detail"));
+        assert_eq!(
+            (run.errors[1].code, run.errors[1].detail.as_deref()),
+            (7, None)
+        );
+        for (bad, field) in [
+            (json!({"code": 1}), "errors"),
+            (json!([1, 2]), "errors"),
+            (json!([{"detail": "no code"}]), "errors.code"),
+            (json!([{"code": "1"}]), "errors.code"),
+            (json!([{"code": 1, "detail": 5}]), "errors.detail"),
+        ] {
+            b["errors"] = bad.clone();
+            let err = parse(Headers::default(), &b).expect_err("bad errors");
+            assert_eq!((err.status(), err.field()), (400, Some(field)), "{bad}");
+        }
     }
 
     #[test]

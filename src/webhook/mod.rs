@@ -42,6 +42,9 @@ pub struct Project {
 }
 
 /// What a delivery says happened.
+// One per delivery, moved a few times on its way to the writer: boxing the
+// run would cost an allocation per delivery for nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq)]
 pub enum Event {
     /// `test.started` or `test.finished` for one run.
@@ -114,6 +117,17 @@ impl Trigger {
     }
 }
 
+/// One of the errors k6 Cloud attached to a run (`errors[]`): an internal
+/// code, a short description, and when it happened.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct RunError {
+    pub code: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub created: Option<Millis>,
+}
+
 /// Which service's format a delivery came in: it decides how the status
 /// reads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -154,6 +168,8 @@ pub struct RunEvent {
     pub load_test_url: Option<String>,
     /// How the run was started.
     pub trigger: Trigger,
+    /// The errors k6 Cloud attached to the run.
+    pub errors: Vec<RunError>,
 }
 
 /// One parsed delivery: the event and the ids that identify it (Load
