@@ -276,7 +276,7 @@ fn write_runs(x: &mut Exposition, state: &State, machine: &Machine) {
     let name = "loadimpact_test_run_info";
     x.family(
         name,
-        "The most recent finished or expired runs (--runs.info-limit) with their trace id (and, from Grafana Cloud k6, the run's url); always 1.",
+        "The most recent finished or expired runs (--runs.info-limit) with their trace id (and, from Grafana Cloud k6, the run's and the load test's urls); always 1.",
         "gauge",
     );
     for (id, run, _, outcome) in state.recent_runs() {
@@ -290,9 +290,13 @@ fn write_runs(x: &mut Exposition, state: &State, machine: &Machine) {
             ("outcome", Value::Text(outcome)),
             ("trace_id", Value::Text(&trace_id)),
         ];
-        // Grafana Cloud k6's page of the run, where a notification gave it.
+        // Grafana Cloud k6's pages of the run and its load test, where a
+        // notification gave them.
         if let Some(url) = &run.url {
             labels.push(("url", Value::Text(url)));
+        }
+        if let Some(url) = &run.load_test_url {
+            labels.push(("load_test_url", Value::Text(url)));
         }
         x.gauge(name, &labels, 1.0);
     }

@@ -144,7 +144,8 @@ fn the_readmes_template_rendered_by_jinja2_is_accepted() {
 
 #[test]
 fn every_event_identifier_counts_its_outcome_with_the_bodys_duration() {
-    let exporter = Exporter::start(&[]);
+    let receiver = Receiver::start(Protocol::Grpc);
+    let exporter = pointed_at(&receiver).start();
     let cases: [(&str, i64, Option<u8>, &str); 10] = [
         ("test.finished.finished", 3, Some(0), "finished"),
         ("test.finished.success", 3, Some(0), "finished"),
@@ -216,6 +217,26 @@ fn every_event_identifier_counts_its_outcome_with_the_bodys_duration() {
             sample(&after, &run.duration_sum(outcome)),
             seconds as f64,
             "{event}: the duration is the body's"
+        );
+        // Its span: the body's times, the identifier's outcome.
+        let spans = support::wait_for("the run's span", Duration::from_secs(20), || {
+            let spans = receiver.spans_with_trace_id(&trace_id(run.id));
+            (!spans.is_empty()).then_some(spans)
+        });
+        assert_eq!(spans.len(), 1, "{event}: {spans:#?}");
+        let span = &spans[0].span;
+        let start_ns = 1_714_989_600_000_000_000u64;
+        assert_eq!(span.start_time_unix_nano, start_ns, "{event}");
+        assert_eq!(
+            span.end_time_unix_nano,
+            start_ns + seconds * 1_000_000_000,
+            "{event}"
+        );
+        let attrs = attributes(&span.attributes);
+        assert_eq!(
+            attrs.get("loadimpact.outcome"),
+            Some(&Attr::Str(outcome.into())),
+            "{event}"
         );
     }
 }
@@ -516,6 +537,10 @@ fn the_span_has_the_bodys_times_and_the_runs_links() {
         .collect();
     assert_eq!(ours.len(), 1, "{info:?}");
     assert_eq!(ours[0].0.get("url"), Some(&url));
+    assert_eq!(
+        ours[0].0.get("load_test_url"),
+        Some(&format!("https://app.k6.io/tests/{}", run.load_test))
+    );
 }
 
 #[test]
