@@ -22,19 +22,6 @@ pub enum Key {
     Recent(u64),
 }
 
-impl Key {
-    /// True for the entries kept only to recognise a repeat (request ids and
-    /// ended runs): they live in the store and are read when a delivery
-    /// needs them, never held in memory between commits.
-    pub fn is_cold(&self, state: &State) -> bool {
-        match self {
-            Key::Dedup(_) => true,
-            Key::Run(id) => state.runs.get(id).is_none_or(|run| !run.is_running()),
-            _ => false,
-        }
-    }
-}
-
 /// One entry of the state as it was (`None`: absent), to undo a change.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Saved {
