@@ -41,13 +41,63 @@ pub enum LogFormat {
 /// The exporter's flags.
 #[derive(Debug, Clone, clap::Args)]
 pub struct ServerArgs {
-    /// Address to listen on for the webhook, metrics and API.
+    /// Address to listen on for the metrics, API, probes and (unless
+    /// `--webhook.listen-address` is set) the webhook.
     #[arg(
         long = "web.listen-address",
         env = "LOADIMPACT_EXPORTER_WEB_LISTEN_ADDRESS",
         default_value = "0.0.0.0:16565"
     )]
     pub listen_address: SocketAddr,
+
+    /// A separate address for the webhook alone (to publish it through an
+    /// Ingress while the metrics stay inside the cluster). When set, the
+    /// webhook is served only there, and `--web.listen-address` serves the
+    /// metrics, API and probes only.
+    #[arg(
+        long = "webhook.listen-address",
+        env = "LOADIMPACT_EXPORTER_WEBHOOK_LISTEN_ADDRESS"
+    )]
+    pub webhook_listen_address: Option<SocketAddr>,
+
+    /// The most connections each listener keeps open at once; past it new
+    /// connections wait in the kernel's backlog.
+    #[arg(
+        long = "web.max-connections",
+        env = "LOADIMPACT_EXPORTER_WEB_MAX_CONNECTIONS",
+        default_value_t = 512,
+        value_parser = clap::value_parser!(u32).range(1..=1_000_000)
+    )]
+    pub max_connections: u32,
+
+    /// The longest a request's head (request line and headers) may take to
+    /// arrive; a slower connection is closed.
+    #[arg(
+        long = "web.read-header-timeout",
+        env = "LOADIMPACT_EXPORTER_WEB_READ_HEADER_TIMEOUT",
+        default_value = "10s",
+        value_parser = parse_duration
+    )]
+    pub read_header_timeout: Duration,
+
+    /// The longest a request's body may take to arrive; a slower one is
+    /// answered 408.
+    #[arg(
+        long = "web.read-timeout",
+        env = "LOADIMPACT_EXPORTER_WEB_READ_TIMEOUT",
+        default_value = "30s",
+        value_parser = parse_duration
+    )]
+    pub read_timeout: Duration,
+
+    /// A keep-alive connection with no request for this long is closed.
+    #[arg(
+        long = "web.idle-timeout",
+        env = "LOADIMPACT_EXPORTER_WEB_IDLE_TIMEOUT",
+        default_value = "120s",
+        value_parser = parse_duration
+    )]
+    pub idle_timeout: Duration,
 
     /// Path under which to expose metrics.
     #[arg(

@@ -23,6 +23,7 @@
 mod clock;
 pub mod config;
 mod http;
+mod listen;
 pub mod logging;
 mod metrics;
 mod otel;

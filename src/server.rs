@@ -4,18 +4,15 @@
 
 use crate::clock::now_millis;
 use crate::config::ServerArgs;
-use crate::http::{handle, App};
+use crate::http::{App, Role};
+use crate::listen::{Accepted, Limits, ListenMetrics, Listener};
 use crate::state::Input;
 use crate::store::{RedbStore, Store};
 use crate::writer::{self, Shared, WriterMetrics};
 use anyhow::Context;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::net::TcpListener;
 
 /// How often the clock ticks (expiry of runs, forgetting of old entries).
 const TICK: Duration = Duration::from_secs(1);
@@ -85,16 +82,47 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         None
     };
 
-    let listener = TcpListener::bind(args.listen_address)
-        .await
-        .with_context(|| format!("listening on {}", args.listen_address))?;
+    let limits = Limits {
+        max_connections: args.max_connections as usize,
+        header_timeout: args.read_header_timeout,
+        idle_timeout: args.idle_timeout,
+    };
+    let listen_metrics = ListenMetrics::register(&registry).context("registering metrics")?;
+    let main_role = if args.webhook_listen_address.is_some() {
+        Role::Pages
+    } else {
+        Role::All
+    };
+    let main = Listener::bind(
+        args.listen_address,
+        main_role,
+        limits,
+        listen_metrics.clone(),
+    )
+    .await
+    .with_context(|| format!("listening on {}", args.listen_address))?;
+    let hook = match args.webhook_listen_address {
+        Some(address) => Some(
+            Listener::bind(address, Role::Webhook, limits, listen_metrics)
+                .await
+                .with_context(|| format!("listening for the webhook on {address}"))?,
+        ),
+        None => None,
+    };
     tracing::info!(
-        address = %listener.local_addr().unwrap_or(args.listen_address),
+        address = %main.local_addr().unwrap_or(args.listen_address),
         webhook = %args.webhook_path,
         metrics = %args.telemetry_path,
         version = crate::version::VERSION,
         "listening"
     );
+    if let Some(hook) = &hook {
+        tracing::info!(
+            address = %hook.local_addr().map_or_else(|e| e.to_string(), |a| a.to_string()),
+            webhook = %args.webhook_path,
+            "listening for the webhook alone"
+        );
+    }
 
     let app = Arc::new(App {
         shared: shared.clone(),
@@ -103,34 +131,18 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         telemetry_path: args.telemetry_path.clone(),
         webhook_path: args.webhook_path.clone(),
         max_body_bytes: args.max_body_bytes,
+        read_timeout: args.read_timeout,
     });
-    let builder = auto::Builder::new(TokioExecutor::new());
     let graceful = GracefulShutdown::new();
     let mut signal = std::pin::pin!(shutdown_signal());
 
     loop {
         tokio::select! {
-            accepted = listener.accept() => {
-                let (stream, peer) = match accepted {
-                    Ok(conn) => conn,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                };
-                let app = app.clone();
-                let service = service_fn(move |req| {
-                    let app = app.clone();
-                    async move { Ok::<_, std::convert::Infallible>(handle(app, req).await) }
-                });
-                let conn = builder.serve_connection(TokioIo::new(stream), service).into_owned();
-                let conn = graceful.watch(conn);
-                tokio::spawn(async move {
-                    if let Err(e) = conn.await {
-                        tracing::debug!(error = %e, %peer, "connection ended with an error");
-                    }
-                });
+            accepted = main.accept() => main.serve(accepted, app.clone(), &graceful),
+            accepted = accept_on(hook.as_ref()) => {
+                if let Some(hook) = &hook {
+                    hook.serve(accepted, app.clone(), &graceful);
+                }
             }
             signal = &mut signal => {
                 tracing::info!(signal, "shutting down: no new connections, draining in-flight requests");
@@ -138,7 +150,8 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
             }
         }
     }
-    drop(listener);
+    drop(main);
+    drop(hook);
     if tokio::time::timeout(DRAIN, graceful.shutdown())
         .await
         .is_err()
@@ -163,6 +176,14 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         .map_err(|_| anyhow::anyhow!("the store writer panicked"))?;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The next connection on `listener`; never, without one.
+async fn accept_on(listener: Option<&Listener>) -> Accepted {
+    match listener {
+        Some(listener) => listener.accept().await,
+        None => std::future::pending().await,
+    }
 }
 
 async fn shutdown_signal() -> &'static str {

@@ -470,8 +470,7 @@ fn every_bad_k6cloud_input_is_rejected_with_its_field_and_moves_nothing() {
     let after = exporter.samples();
     for (series, (was, now)) in changes(&before, &after) {
         assert!(
-            series.starts_with("loadimpact_webhook_requests_total")
-                || series.starts_with(PER_PROCESS_PREFIX),
+            series.starts_with("loadimpact_webhook_requests_total") || is_per_process(&series),
             "a rejection moved {series}: {was:?} -> {now:?}"
         );
     }

@@ -96,7 +96,7 @@ fn kill_9_and_sigterm_restarts_keep_every_metric_exactly() {
     let before = exporter.samples();
     let api_before = exporter.runs_api();
     assert_value(&before, &across.running(), 2.0);
-    assert!(before.keys().any(|k| k.starts_with(PER_PROCESS_PREFIX)));
+    assert!(before.keys().any(|k| is_per_process(k)));
 
     for how in STOPS {
         stop_and_restart(&mut exporter, how);
@@ -162,7 +162,7 @@ fn webhook_exposition(exporter: &Exporter) -> Vec<String> {
             let name = line
                 .trim_start_matches("# HELP ")
                 .trim_start_matches("# TYPE ");
-            name.starts_with("loadimpact_") && !name.starts_with(PER_PROCESS_PREFIX)
+            name.starts_with("loadimpact_") && !is_per_process(name)
         })
         .map(str::to_owned)
         .collect()

@@ -19,6 +19,7 @@ use hyper::header::{
 use hyper::{Method, Request, Response, StatusCode};
 use serde_json::json;
 use std::io::Write as _;
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 /// Everything a request handler needs.
@@ -29,6 +30,37 @@ pub struct App {
     pub telemetry_path: String,
     pub webhook_path: String,
     pub max_body_bytes: usize,
+    /// The longest a webhook body may take to arrive.
+    pub read_timeout: std::time::Duration,
+}
+
+/// What a listener serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// Everything: the webhook, the metrics, the API and the probes.
+    All,
+    /// Everything but the webhook, which has a listener of its own.
+    Pages,
+    /// The webhook alone.
+    Webhook,
+}
+
+impl Role {
+    /// The `listener` label of the connection metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::All | Role::Pages => "main",
+            Role::Webhook => "webhook",
+        }
+    }
+
+    fn serves_webhook(self) -> bool {
+        matches!(self, Role::All | Role::Webhook)
+    }
+
+    fn serves_pages(self) -> bool {
+        matches!(self, Role::All | Role::Pages)
+    }
 }
 
 pub type Body = Full<Bytes>;
@@ -67,11 +99,20 @@ enum Page {
     Landing,
 }
 
-/// Routes one request: the webhook, or a page (GET or HEAD only), or 404.
-pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Response<Body> {
+/// Routes one request from `peer` on a listener of `role`: the webhook, or
+/// a page (GET or HEAD only), or 404.
+pub async fn handle(
+    app: Arc<App>,
+    role: Role,
+    _peer: SocketAddr,
+    req: Request<Incoming>,
+) -> Response<Body> {
     let path = req.uri().path();
-    if path == app.webhook_path {
+    if role.serves_webhook() && path == app.webhook_path {
         return webhook(&app, req).await;
+    }
+    if !role.serves_pages() {
+        return error_response(StatusCode::NOT_FOUND, "not found", None);
     }
     let page = match path {
         p if p == app.telemetry_path => Page::Metrics,
@@ -249,10 +290,15 @@ async fn read_and_parse(app: &App, req: Request<Incoming>) -> Result<webhook::De
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
 
-    let body = match Limited::new(req.into_body(), app.max_body_bytes)
-        .collect()
-        .await
-    {
+    let collecting = Limited::new(req.into_body(), app.max_body_bytes).collect();
+    let Ok(collected) = tokio::time::timeout(app.read_timeout, collecting).await else {
+        return Err(reject(
+            StatusCode::REQUEST_TIMEOUT,
+            &format!("the body did not arrive within {:?}", app.read_timeout),
+            None,
+        ));
+    };
+    let body = match collected {
         Ok(collected) => collected.to_bytes(),
         Err(e) if e.is::<http_body_util::LengthLimitError>() => return Err(too_large()),
         Err(e) => {

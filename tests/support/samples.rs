@@ -24,8 +24,17 @@ pub const OUTCOMES: [&str; 9] = [
     "unknown",
 ];
 
-/// Telemetry of the process itself, not part of the state kept in the store.
-pub const PER_PROCESS_PREFIX: &str = "loadimpact_exporter_store_";
+/// Telemetry of the process itself (its store's commits, its open
+/// connections), not part of the state kept in the store.
+const PER_PROCESS_PREFIXES: [&str; 2] = [
+    "loadimpact_exporter_store_",
+    "loadimpact_exporter_connections",
+];
+
+/// True for a series (or metric name) of the process's own telemetry.
+pub fn is_per_process(series: &str) -> bool {
+    PER_PROCESS_PREFIXES.iter().any(|p| series.starts_with(p))
+}
 
 /// Parses exposition text into `series -> value` for names starting with `prefix`.
 pub fn parse_samples(text: &str, prefix: &str) -> Samples {
@@ -105,7 +114,7 @@ pub fn labelled(samples: &Samples, name: &str) -> Vec<(BTreeMap<String, String>,
 pub fn state_samples(samples: &Samples) -> Samples {
     samples
         .iter()
-        .filter(|(k, _)| !k.starts_with(PER_PROCESS_PREFIX))
+        .filter(|(k, _)| !is_per_process(k))
         .map(|(k, v)| (k.clone(), *v))
         .collect()
 }
