@@ -76,6 +76,10 @@ pub struct Launch {
     wrapper: Option<Vec<OsString>>,
     storage: Storage,
     ready_within: Duration,
+    /// Serve the webhook on a listener of its own (`--webhook.listen-address`).
+    webhook_listener: bool,
+    /// Path and query the `post` helpers send deliveries to.
+    webhook_target: String,
 }
 
 impl Launch {
@@ -151,6 +155,20 @@ impl Launch {
         self
     }
 
+    /// Serves the webhook on a free port of its own (`--webhook.listen-address`);
+    /// `Exporter::webhook_url` then points there.
+    pub fn webhook_listener(mut self) -> Launch {
+        self.webhook_listener = true;
+        self
+    }
+
+    /// Where the `post` helpers send deliveries: a path with its query,
+    /// e.g. `/webhook/<token>` (default `/webhook`).
+    pub fn webhook_target(mut self, target: &str) -> Launch {
+        self.webhook_target = target.to_owned();
+        self
+    }
+
     /// Starts the exporter and waits until it is ready.
     pub fn start(self) -> Exporter {
         let tmp = tempfile::tempdir().expect("temp dir");
@@ -159,6 +177,7 @@ impl Launch {
             launch: self,
             process: None,
             port: 0,
+            webhook_port: None,
             storage,
             _tmp: tmp,
         };
@@ -172,7 +191,7 @@ impl Launch {
         let tmp = tempfile::tempdir().expect("temp dir");
         let log = tmp.path().join("out.log");
         let storage = self.storage_in(tmp.path());
-        let mut process = self.log_to(&log).spawn(http::free_port(), &storage);
+        let mut process = self.log_to(&log).spawn(http::free_port(), None, &storage);
         let status = process.wait_exit(Duration::from_secs(10));
         (status, std::fs::read_to_string(&log).unwrap_or_default())
     }
@@ -190,8 +209,9 @@ impl Launch {
         }
     }
 
-    /// Spawns the binary listening on `port`, its store at `storage`.
-    fn spawn(&self, port: u16, storage: &Path) -> ChildGuard {
+    /// Spawns the binary listening on `port` (and the webhook alone on
+    /// `webhook_port`), its store at `storage`.
+    fn spawn(&self, port: u16, webhook_port: Option<u16>, storage: &Path) -> ChildGuard {
         let (program, wrapper_args) = match &self.wrapper {
             Some(wrapper) => (wrapper[0].clone(), &wrapper[1..]),
             None => (exporter_bin().into_os_string(), &[][..]),
@@ -202,6 +222,9 @@ impl Launch {
             cmd.arg(exporter_bin());
         }
         cmd.arg(format!("--web.listen-address=127.0.0.1:{port}"));
+        if let Some(webhook_port) = webhook_port {
+            cmd.arg(format!("--webhook.listen-address=127.0.0.1:{webhook_port}"));
+        }
         if !matches!(self.storage, Storage::Default) {
             cmd.arg(format!("--storage.path={}", storage.display()));
         }
@@ -251,6 +274,8 @@ pub struct Exporter {
     /// `None` between a stop and a restart.
     process: Option<ChildGuard>,
     port: u16,
+    /// With a webhook listener of its own, its port.
+    webhook_port: Option<u16>,
     storage: PathBuf,
     _tmp: tempfile::TempDir,
 }
@@ -266,6 +291,8 @@ impl Exporter {
             wrapper: None,
             storage: Storage::Temporary,
             ready_within: Duration::from_secs(20),
+            webhook_listener: false,
+            webhook_target: "/webhook".to_owned(),
         }
     }
 
@@ -276,7 +303,10 @@ impl Exporter {
 
     fn spawn(&mut self) {
         self.port = http::free_port();
-        let mut process = self.launch.spawn(self.port, &self.storage);
+        self.webhook_port = self.launch.webhook_listener.then(http::free_port);
+        let mut process = self
+            .launch
+            .spawn(self.port, self.webhook_port, &self.storage);
         process.wait_ready(&self.url("/-/ready"), self.launch.ready_within);
         self.process = Some(process);
     }
@@ -297,6 +327,21 @@ impl Exporter {
 
     pub fn url(&self, path: &str) -> String {
         format!("http://127.0.0.1:{}{}", self.port, path)
+    }
+
+    /// The port the webhook is served on: its own listener's, or the main one.
+    pub fn webhook_port(&self) -> u16 {
+        self.webhook_port.unwrap_or(self.port)
+    }
+
+    /// `path` on the listener that serves the webhook.
+    pub fn webhook_url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{}", self.webhook_port(), path)
+    }
+
+    /// Where the `post` helpers send deliveries (see `Launch::webhook_target`).
+    pub fn delivery_url(&self) -> String {
+        self.webhook_url(&self.launch.webhook_target)
     }
 
     /// The exporter's pid (under a wrapper, the wrapper's only child).
@@ -342,7 +387,7 @@ impl Exporter {
     /// Posts `body` to the webhook with Load Impact's headers and `id` as
     /// `X-LoadImpact-ID`; the event header is taken from the body.
     pub fn post_id(&self, body: &Value, id: &str) -> Response {
-        deliveries::post(&self.url("/webhook"), body, id)
+        deliveries::post(&self.delivery_url(), body, id)
     }
 
     /// Posts `body` with a fresh `X-LoadImpact-ID`.
