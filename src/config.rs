@@ -8,6 +8,7 @@ use crate::clock::millis;
 use crate::outcome::{Outcome, StatusTable};
 use crate::state::Machine;
 use clap::{Parser, Subcommand, ValueEnum};
+use ipnet::IpNet;
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -117,6 +118,56 @@ pub struct ServerArgs {
     )]
     pub webhook_path: String,
 
+    /// File of the webhook's tokens, one a line (two while one is
+    /// rotated); re-read on SIGHUP and when it changes. A delivery must
+    /// present one as the last path segment (`/webhook/<token>`) or as
+    /// `?token=`. Without it, the one token may come from the variable
+    /// LOADIMPACT_EXPORTER_WEBHOOK_TOKEN; without either, anyone may post.
+    #[arg(
+        long = "webhook.token-file",
+        env = "LOADIMPACT_EXPORTER_WEBHOOK_TOKEN_FILE"
+    )]
+    pub token_file: Option<PathBuf>,
+
+    /// Address ranges that may post to the webhook, comma-separated
+    /// (e.g. 10.0.0.0/8,2001:db8::/32); empty: any.
+    #[arg(
+        long = "webhook.allowed-cidrs",
+        env = "LOADIMPACT_EXPORTER_WEBHOOK_ALLOWED_CIDRS",
+        value_delimiter = ',',
+        value_parser = parse_net
+    )]
+    pub allowed_cidrs: Vec<IpNet>,
+
+    /// Proxies (address ranges, comma-separated) whose X-Forwarded-For
+    /// names the client for `--webhook.allowed-cidrs`; from any other
+    /// peer the header is ignored.
+    #[arg(
+        long = "web.trusted-proxies",
+        env = "LOADIMPACT_EXPORTER_WEB_TRUSTED_PROXIES",
+        value_delimiter = ',',
+        value_parser = parse_net
+    )]
+    pub trusted_proxies: Vec<IpNet>,
+
+    /// The most distinct projects counted; a delivery for a new one past it
+    /// is refused with 429 (known projects keep working).
+    #[arg(
+        long = "limits.max-projects",
+        env = "LOADIMPACT_EXPORTER_LIMITS_MAX_PROJECTS",
+        default_value_t = 2000
+    )]
+    pub max_projects: usize,
+
+    /// The most distinct load tests with series at once (they go away after
+    /// `--series.ttl`); a delivery for a new one past it is refused with 429.
+    #[arg(
+        long = "limits.max-load-tests",
+        env = "LOADIMPACT_EXPORTER_LIMITS_MAX_LOAD_TESTS",
+        default_value_t = 20000
+    )]
+    pub max_load_tests: usize,
+
     /// Largest webhook body accepted, in bytes; larger ones are answered 413.
     #[arg(
         long = "webhook.max-body-bytes",
@@ -219,6 +270,8 @@ impl ServerArgs {
             abort_window: millis(self.abort_ratio_window),
             spans_max_pending: self.otlp.enabled().then_some(self.otlp.max_pending),
             runs_info_limit: self.runs_info_limit,
+            max_projects: self.max_projects,
+            max_load_tests: self.max_load_tests,
         }
     }
 }
@@ -305,6 +358,14 @@ fn parse_header(s: &str) -> Result<(String, String), String> {
         return Err(format!("{s:?}: empty header name"));
     }
     Ok((key.to_owned(), value.trim().to_owned()))
+}
+
+/// An address range (`10.0.0.0/8`), or one address (`10.0.0.1`).
+fn parse_net(s: &str) -> Result<IpNet, String> {
+    let s = s.trim();
+    s.parse::<IpNet>()
+        .or_else(|_| s.parse::<std::net::IpAddr>().map(IpNet::from))
+        .map_err(|_| format!("{s:?}: expected an address range such as 10.0.0.0/8, or an address"))
 }
 
 /// True when the variable `name` is set to something other than blanks.

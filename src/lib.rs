@@ -20,6 +20,7 @@
 //!
 //! Only what the binary uses is public; docs/architecture.md has the map.
 
+mod access;
 mod clock;
 pub mod config;
 mod http;

@@ -20,7 +20,7 @@ use std::fmt::Write as _;
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
 /// The status codes the webhook path answers with, always exported.
-const EXPECTED_CODES: [u16; 7] = [200, 400, 405, 413, 415, 422, 503];
+const EXPECTED_CODES: [u16; 11] = [200, 400, 401, 403, 405, 408, 413, 415, 422, 429, 503];
 
 /// A label value: an id (written as an integer) or text (escaped).
 #[derive(Clone, Copy)]

@@ -2,9 +2,10 @@
 //! accept connections, and shut down in order on SIGTERM or SIGINT
 //! (stop accepting, let in-flight requests finish, commit, close the store).
 
+use crate::access::{Allowlist, Reload, Tokens, TOKEN_ENV};
 use crate::clock::now_millis;
 use crate::config::ServerArgs;
-use crate::http::{App, Role};
+use crate::http::{App, Role, Throttles};
 use crate::listen::{Accepted, Limits, ListenMetrics, Listener};
 use crate::state::Input;
 use crate::store::{RedbStore, Store};
@@ -124,6 +125,16 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         );
     }
 
+    let tokens =
+        Arc::new(Tokens::load(args.token_file.as_deref()).context("reading the webhook's tokens")?);
+    if tokens.is_open() {
+        tracing::warn!(
+            "the webhook is open: anyone who can reach it may post runs; set --webhook.token-file or {TOKEN_ENV}"
+        );
+    } else {
+        tracing::info!(tokens = tokens.count(), from = %tokens.origin(), "the webhook takes a token");
+    }
+    let token_reload = tokio::spawn(reload_tokens(tokens.clone()));
     let app = Arc::new(App {
         shared: shared.clone(),
         writer,
@@ -132,6 +143,12 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         webhook_path: args.webhook_path.clone(),
         max_body_bytes: args.max_body_bytes,
         read_timeout: args.read_timeout,
+        tokens,
+        allowlist: Allowlist {
+            allowed: args.allowed_cidrs.clone(),
+            trusted_proxies: args.trusted_proxies.clone(),
+        },
+        throttle: Throttles::default(),
     });
     let graceful = GracefulShutdown::new();
     let mut signal = std::pin::pin!(shutdown_signal());
@@ -160,6 +177,7 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
     }
     clock.abort();
     let _ = clock.await;
+    token_reload.abort();
     // Let an export in flight finish and record its acknowledgement.
     let _ = stop_tx.send(true);
     if let Some(task) = span_export {
@@ -176,6 +194,43 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         .map_err(|_| anyhow::anyhow!("the store writer panicked"))?;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// How often the token file is looked at for a change (a mounted Secret
+/// is replaced without a signal).
+const TOKEN_POLL: Duration = Duration::from_secs(2);
+
+/// Re-reads the token file on SIGHUP and whenever it changes. A bad file
+/// is logged and the tokens in force are kept.
+async fn reload_tokens(tokens: Arc<Tokens>) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut hangup = signal(SignalKind::hangup()).ok();
+    let mut poll = tokio::time::interval(TOKEN_POLL);
+    poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let signalled = match hangup.as_mut() {
+            Some(hangup) => tokio::select! {
+                _ = hangup.recv() => true,
+                _ = poll.tick() => false,
+            },
+            None => {
+                poll.tick().await;
+                false
+            }
+        };
+        match tokens.reload() {
+            Ok(Reload::Changed(count)) => {
+                tracing::info!(tokens = count, "the webhook's tokens were reloaded");
+            }
+            Ok(Reload::Unchanged) if signalled => {
+                tracing::info!("SIGHUP: the webhook's tokens are unchanged");
+            }
+            Ok(Reload::Unchanged) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot reload the webhook's tokens; keeping those in force");
+            }
+        }
+    }
 }
 
 /// The next connection on `listener`; never, without one.

@@ -5,8 +5,9 @@
 mod api;
 mod landing;
 
+use crate::access::{Allowlist, Tokens};
 use crate::clock::now_millis;
-use crate::state::Input;
+use crate::state::{EventResult, Input};
 use crate::webhook::{self, Headers, WebhookError};
 use crate::writer::{Shared, WriterHandle};
 use bytes::Bytes;
@@ -14,7 +15,8 @@ use flate2::write::GzEncoder;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper::header::{
-    HeaderValue, ACCEPT_ENCODING, ALLOW, CONTENT_ENCODING, CONTENT_LENGTH, CONTENT_TYPE, VARY,
+    HeaderValue, ACCEPT_ENCODING, ALLOW, CACHE_CONTROL, CONTENT_ENCODING, CONTENT_LENGTH,
+    CONTENT_TYPE, VARY,
 };
 use hyper::{Method, Request, Response, StatusCode};
 use serde_json::json;
@@ -32,6 +34,36 @@ pub struct App {
     pub max_body_bytes: usize,
     /// The longest a webhook body may take to arrive.
     pub read_timeout: std::time::Duration,
+    pub tokens: Arc<Tokens>,
+    pub allowlist: Allowlist,
+    pub throttle: Throttles,
+}
+
+/// Log lines about refused requests, at most one a minute of each kind.
+#[derive(Default)]
+pub struct Throttles {
+    unauthorized: Throttle,
+    forbidden: Throttle,
+    refused: Throttle,
+}
+
+/// At most one `true` a minute.
+#[derive(Default)]
+struct Throttle {
+    last: std::sync::atomic::AtomicI64,
+}
+
+impl Throttle {
+    fn due(&self) -> bool {
+        use std::sync::atomic::Ordering;
+        let now = now_millis();
+        let last = self.last.load(Ordering::Relaxed);
+        (last == 0 || now.saturating_sub(last) >= 60_000)
+            && self
+                .last
+                .compare_exchange(last, now.max(1), Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+    }
 }
 
 /// What a listener serves.
@@ -104,12 +136,15 @@ enum Page {
 pub async fn handle(
     app: Arc<App>,
     role: Role,
-    _peer: SocketAddr,
+    peer: SocketAddr,
     req: Request<Incoming>,
 ) -> Response<Body> {
     let path = req.uri().path();
-    if role.serves_webhook() && path == app.webhook_path {
-        return webhook(&app, req).await;
+    if role.serves_webhook() {
+        if let Some(token) = webhook_target(path, &app.webhook_path, !app.tokens.is_open()) {
+            let token = token.map(str::to_owned);
+            return webhook(&app, peer, token.as_deref(), req).await;
+        }
     }
     if !role.serves_pages() {
         return error_response(StatusCode::NOT_FOUND, "not found", None);
@@ -208,13 +243,104 @@ fn accepts_gzip(headers: &hyper::HeaderMap) -> bool {
         })
 }
 
-/// `POST <webhook path>`: parse, submit, answer only once durable.
-async fn webhook(app: &App, req: Request<Incoming>) -> Response<Body> {
+/// Whether `path` is the webhook's: the path itself (`Some(None)`), or with
+/// a token as one more segment (`Some(Some(token))`) when tokens are in use.
+fn webhook_target<'a>(path: &'a str, webhook_path: &str, tokens: bool) -> Option<Option<&'a str>> {
+    if path == webhook_path {
+        return Some(None);
+    }
+    let rest = path.strip_prefix(webhook_path)?;
+    let rest = match webhook_path.ends_with('/') {
+        true => rest,
+        false => rest.strip_prefix('/')?,
+    };
+    (tokens && !rest.is_empty() && !rest.contains('/')).then_some(Some(rest))
+}
+
+/// The `token` parameter of a query string.
+fn query_token(query: Option<&str>) -> Option<&str> {
+    query?
+        .split('&')
+        .find_map(|pair| pair.strip_prefix("token="))
+}
+
+/// Who may post: the address ranges, then the token. `None` admits the
+/// request, else its rejection. The token never reaches a log line or a
+/// response.
+fn admit(
+    app: &App,
+    peer: SocketAddr,
+    path_token: Option<&str>,
+    req: &Request<Incoming>,
+) -> Option<Rejection> {
+    let forwarded: Vec<&str> = req
+        .headers()
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .collect();
+    if !app.allowlist.permits(peer.ip(), &forwarded) {
+        if app.throttle.forbidden.due() {
+            tracing::warn!(peer = %peer.ip(), "refused a webhook request from an address outside --webhook.allowed-cidrs (logged once a minute)");
+        }
+        return Some(reject(
+            StatusCode::FORBIDDEN,
+            "this address may not post to the webhook",
+            None,
+        ));
+    }
+    let presented = path_token.or_else(|| query_token(req.uri().query()));
+    if !app.tokens.permits(presented) {
+        if app.throttle.unauthorized.due() {
+            tracing::warn!(peer = %peer.ip(), "refused a webhook request without a valid token (logged once a minute)");
+        }
+        let mut rejection = reject(
+            StatusCode::UNAUTHORIZED,
+            "a valid token is required, as the last path segment or as ?token=",
+            None,
+        );
+        rejection
+            .1
+            .headers_mut()
+            .insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        return Some(rejection);
+    }
+    None
+}
+
+/// `POST <webhook path>`: admit, parse, submit, answer only once durable.
+async fn webhook(
+    app: &App,
+    peer: SocketAddr,
+    path_token: Option<&str>,
+    req: Request<Incoming>,
+) -> Response<Body> {
     let at = now_millis();
-    let (code, response) = match read_and_parse(app, req).await {
+    let read = match admit(app, peer, path_token, &req) {
+        None => read_and_parse(app, req).await,
+        Some(rejection) => Err(rejection),
+    };
+    let (code, response) = match read {
         Err(rejection) => rejection,
         Ok(delivery) => {
             return match app.writer.submit_webhook(delivery, at).await {
+                Ok(applied) if applied.result == EventResult::Refused => {
+                    let limit = applied.refused.map_or("", |l| l.as_str());
+                    let flag = format!("--limits.max-{}", limit.replace('_', "-"));
+                    if app.throttle.refused.due() {
+                        tracing::warn!(
+                            limit,
+                            flag,
+                            "refused deliveries for a new project or load test past its cap (logged once a minute)"
+                        );
+                    }
+                    let body = json!({
+                        "result": applied.result.as_str(),
+                        "error": format!("too many distinct {}; the operator can raise {flag}", limit.replace('_', " ")),
+                        "limit": limit,
+                    });
+                    json_response(StatusCode::TOO_MANY_REQUESTS, body)
+                }
                 Ok(applied) => {
                     json_response(StatusCode::OK, json!({ "result": applied.result.as_str() }))
                 }

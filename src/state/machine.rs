@@ -3,7 +3,7 @@
 //! recorded in [`Changes`].
 
 use super::{
-    finish_code, finish_of, Changes, CounterKey, ErrorCode, EventResult, Key, LoadTest, Run,
+    finish_code, finish_of, Changes, CounterKey, ErrorCode, EventResult, Key, Limit, LoadTest, Run,
     SpanEnd, SpanRecord, State, MAX_ERROR_CODES,
 };
 use crate::clock::{millis, Millis};
@@ -43,6 +43,8 @@ pub struct Applied {
     pub outcome: Option<Outcome>,
     pub status: Option<i64>,
     pub duration_millis: Option<u64>,
+    /// For a refused delivery, the cap it met.
+    pub refused: Option<Limit>,
 }
 
 impl Applied {
@@ -55,6 +57,7 @@ impl Applied {
             outcome: None,
             status: None,
             duration_millis: None,
+            refused: None,
         }
     }
 }
@@ -95,6 +98,10 @@ pub struct Machine {
     /// How many recently ended runs are kept for the runs API and
     /// `loadimpact_test_run_info`.
     pub runs_info_limit: usize,
+    /// The most distinct projects counted.
+    pub max_projects: usize,
+    /// The most distinct load tests with series at once.
+    pub max_load_tests: usize,
 }
 
 impl Default for Machine {
@@ -107,6 +114,8 @@ impl Default for Machine {
             abort_window: millis(Duration::from_secs(3600)),
             spans_max_pending: None,
             runs_info_limit: 50,
+            max_projects: 2000,
+            max_load_tests: 20000,
         }
     }
 }
@@ -174,6 +183,24 @@ impl Machine {
         changes: &mut Changes,
     ) -> Applied {
         let name = event.name();
+        if let Some(limit) = self.refusal(state, &event, at) {
+            state.bump(CounterKey::Requests { code: 429 }, changes);
+            state.bump(
+                CounterKey::Events {
+                    event: name.to_owned(),
+                    result: EventResult::Refused,
+                },
+                changes,
+            );
+            let run_id = match &event {
+                Event::Run(run) => Some(run.load_test_run_id),
+                Event::NotificationChannel => None,
+            };
+            return Applied {
+                refused: Some(limit),
+                ..Applied::new(EventResult::Refused, name, run_id)
+            };
+        }
         state.bump(CounterKey::Requests { code: 200 }, changes);
 
         // A repeat of any of its ids makes a delivery a duplicate.
@@ -212,6 +239,32 @@ impl Machine {
             changes,
         );
         applied
+    }
+
+    /// The cap a delivery would break: one for a run the exporter does not
+    /// know yet, of a new project past `max_projects` or a new load test
+    /// past `max_load_tests`. Runs already known always go on.
+    fn refusal(&self, state: &State, event: &Event, at: Millis) -> Option<Limit> {
+        let Event::Run(run) = event else {
+            return None;
+        };
+        let known_run = state
+            .runs
+            .get(&run.load_test_run_id)
+            .is_some_and(|r| !self.is_forgotten(r, at));
+        if known_run {
+            return None;
+        }
+        // Counting the projects walks the counters: only for a new one.
+        if !state.is_known_project(run.project) && state.projects().len() >= self.max_projects {
+            return Some(Limit::Projects);
+        }
+        if !state.load_tests.contains_key(&run.load_test_id)
+            && state.load_tests.len() >= self.max_load_tests
+        {
+            return Some(Limit::LoadTests);
+        }
+        None
     }
 
     fn run_event(

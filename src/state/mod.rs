@@ -31,7 +31,7 @@ pub use changes::{Changes, Key, Saved};
 pub use machine::{Applied, Input, Machine};
 pub use types::{
     finish_code, finish_of, seconds, CounterKey, ErrorCode, EventResult, FinishCode, Histogram,
-    LoadTest, Run, SpanEnd, SpanRecord, DURATION_BUCKETS, MAX_ERROR_CODES,
+    Limit, LoadTest, Run, SpanEnd, SpanRecord, DURATION_BUCKETS, MAX_ERROR_CODES,
 };
 
 /// Everything the exporter knows. Each map is one table of the store.
@@ -104,6 +104,19 @@ impl Wanted {
 impl State {
     pub fn counter(&self, key: &CounterKey) -> u64 {
         self.counters.get(key).copied().unwrap_or(0)
+    }
+
+    /// Whether the exporter has counted a run of `project`.
+    pub fn is_known_project(&self, project: Project) -> bool {
+        let started = crate::webhook::Trigger::ALL.iter().any(|t| {
+            self.counters
+                .contains_key(&CounterKey::Started(project, *t))
+        });
+        let finished = Outcome::ALL.iter().any(|o| {
+            self.counters
+                .contains_key(&CounterKey::Finished(project, *o))
+        });
+        started || finished || self.counters.contains_key(&CounterKey::Expired(project))
     }
 
     /// Every project the exporter has counted a run for.

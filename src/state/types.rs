@@ -31,6 +31,25 @@ pub enum EventResult {
     Duplicate,
     /// A start that arrived after its run's finish: counted as started, never running.
     Ignored,
+    /// For a new project or load test past its cap (`--limits.*`): answered
+    /// 429, changes nothing but its own counts.
+    Refused,
+}
+
+/// A cap on distinct entities, past which deliveries for new ones are refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Limit {
+    Projects,
+    LoadTests,
+}
+
+impl Limit {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Limit::Projects => "projects",
+            Limit::LoadTests => "load_tests",
+        }
+    }
 }
 
 impl EventResult {
@@ -39,6 +58,7 @@ impl EventResult {
             EventResult::Accepted => "accepted",
             EventResult::Duplicate => "duplicate",
             EventResult::Ignored => "ignored",
+            EventResult::Refused => "refused",
         }
     }
 }
