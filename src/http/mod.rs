@@ -254,7 +254,8 @@ fn webhook_target<'a>(path: &'a str, webhook_path: &str, tokens: bool) -> Option
         true => rest,
         false => rest.strip_prefix('/')?,
     };
-    (tokens && !rest.is_empty() && !rest.contains('/')).then_some(Some(rest))
+    // `/webhook/?token=...` too: an empty segment presents no token.
+    (tokens && !rest.contains('/')).then_some((!rest.is_empty()).then_some(rest))
 }
 
 /// The `token` parameter of a query string.
