@@ -11,7 +11,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use ipnet::IpNet;
 use std::fmt;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -99,6 +99,22 @@ pub struct ServerArgs {
         value_parser = parse_duration
     )]
     pub idle_timeout: Duration,
+
+    /// Web configuration file of the `--web.listen-address` listener (TLS,
+    /// basic auth, response headers), in the Prometheus exporter-toolkit
+    /// format; it is read again for each new connection. It also secures
+    /// the webhook unless `--webhook.listen-address` serves it. Empty: none.
+    #[arg(long = "web.config.file", env = "LOADIMPACT_EXPORTER_WEB_CONFIG_FILE")]
+    pub web_config_file: Option<PathBuf>,
+
+    /// Web configuration file of the `--webhook.listen-address` listener,
+    /// in the same format (without it, that listener is plain HTTP, open).
+    #[arg(
+        long = "web.webhook-config.file",
+        env = "LOADIMPACT_EXPORTER_WEB_WEBHOOK_CONFIG_FILE",
+        requires = "webhook_listen_address"
+    )]
+    pub webhook_config_file: Option<PathBuf>,
 
     /// Path under which to expose metrics.
     #[arg(
@@ -260,6 +276,16 @@ pub struct ServerArgs {
 }
 
 impl ServerArgs {
+    /// `--web.config.file`, unless unset or empty.
+    pub fn web_config_file(&self) -> Option<&Path> {
+        nonempty_path(&self.web_config_file)
+    }
+
+    /// `--web.webhook-config.file`, unless unset or empty.
+    pub fn webhook_config_file(&self) -> Option<&Path> {
+        nonempty_path(&self.webhook_config_file)
+    }
+
     /// The state machine's settings.
     pub fn machine(&self) -> Machine {
         Machine {
@@ -347,6 +373,10 @@ pub struct OtlpArgs {
         value_parser = clap::value_parser!(u32).range(1..)
     )]
     pub batch_size: u32,
+}
+
+fn nonempty_path(path: &Option<PathBuf>) -> Option<&Path> {
+    path.as_deref().filter(|p| !p.as_os_str().is_empty())
 }
 
 fn parse_header(s: &str) -> Result<(String, String), String> {

@@ -35,5 +35,6 @@ pub mod simulate;
 mod state;
 mod store;
 mod version;
+mod webconfig;
 mod webhook;
 mod writer;

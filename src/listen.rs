@@ -13,9 +13,20 @@
 //! The body's own deadline (`--web.read-timeout`) is the handler's, which
 //! answers 408. A connection past a deadline is closed, never answered
 //! half-way: a watchdog per connection drops it.
+//!
+//! Each listener is secured by its web configuration file
+//! (`webconfig::Source`), read again for each connection: the TLS handshake
+//! (within the header timeout), HTTP/2 only when ALPN chose it, basic auth
+//! and the rate limit before every request, the configured headers on every
+//! response. While the file is invalid, new connections are closed at once.
 
-use crate::http::{handle, App, Role};
+use crate::http::{handle, App, Body, Role};
+use crate::webconfig::{Refusal, Source};
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::header::{HeaderValue, CONTENT_TYPE};
 use hyper::service::service_fn;
+use hyper::Response;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
@@ -79,6 +90,8 @@ pub struct Listener {
     limits: Limits,
     slots: Arc<Semaphore>,
     metrics: ListenMetrics,
+    /// The web configuration file that secures it.
+    security: Arc<Source>,
 }
 
 /// An accepted connection, holding its slot until it ends.
@@ -94,6 +107,7 @@ impl Listener {
         role: Role,
         limits: Limits,
         metrics: ListenMetrics,
+        security: Arc<Source>,
     ) -> io::Result<Listener> {
         let tcp = TcpListener::bind(address).await?;
         // Create the series at zero, so that a dashboard sees the listener at once.
@@ -104,11 +118,17 @@ impl Listener {
             limits,
             slots: Arc::new(Semaphore::new(limits.max_connections.max(1))),
             metrics,
+            security,
         })
     }
 
     pub fn local_addr(&self) -> io::Result<SocketAddr> {
         self.tcp.local_addr()
+    }
+
+    /// Whether it serves TLS (its web configuration file says so).
+    pub fn tls(&self) -> bool {
+        self.security.tls()
     }
 
     /// The next connection, once a slot is free. An accept error (out of
@@ -131,43 +151,89 @@ impl Listener {
     }
 
     /// Serves one accepted connection to its end, on its own task, under
-    /// the listener's limits; `graceful` lets a shutdown wait for it.
+    /// the listener's limits and web configuration; `graceful` lets a
+    /// shutdown wait for it.
     pub fn serve(&self, accepted: Accepted, app: Arc<App>, graceful: &GracefulShutdown) {
         let Accepted { stream, peer, slot } = accepted;
         let _ = stream.set_nodelay(true);
         let activity = Arc::new(Activity::new());
-        let io = TokioIo::new(Watched {
+        let io = Watched {
             inner: stream,
             activity: activity.clone(),
-        });
-        let role = self.role;
-        let service = {
-            let activity = activity.clone();
-            service_fn(move |req| {
-                let app = app.clone();
-                let activity = activity.clone();
-                async move {
-                    activity.request_began();
-                    let response = handle(app, role, peer, req).await;
-                    activity.request_ended();
-                    Ok::<_, std::convert::Infallible>(response)
-                }
-            })
         };
-        let builder = auto::Builder::new(TokioExecutor::new());
-        let conn = builder.serve_connection(io, service).into_owned();
-        let conn = graceful.watch(conn);
+        let role = self.role;
+        let source = self.security.clone();
+        let watcher = graceful.watcher();
         let limits = self.limits;
         let open = self.metrics.open.with_label_values(&[role.as_str()]);
         let closed = self.metrics.closed.clone();
         open.inc();
         tokio::spawn(async move {
-            tokio::select! {
-                ended = conn => {
-                    if let Err(e) = ended {
-                        tracing::debug!(error = %e, %peer, "connection ended with an error");
+            let connection = async {
+                // The file is read for each connection (a renewed certificate
+                // needs no restart); off the runtime, as it reads files.
+                let security = if source.has_file() {
+                    tokio::task::spawn_blocking(move || source.current_or_log())
+                        .await
+                        .ok()
+                        .flatten()
+                } else {
+                    source.current_or_log()
+                };
+                let Some(security) = security else {
+                    return; // invalid: the connection is closed unanswered
+                };
+                // Each request: the rate limit and basic auth first, then the
+                // handler; the configured headers on every response.
+                let service = {
+                    let security = security.clone();
+                    let activity = activity.clone();
+                    service_fn(move |req| {
+                        let app = app.clone();
+                        let security = security.clone();
+                        let activity = activity.clone();
+                        async move {
+                            activity.request_began();
+                            let mut response = match security.admit(req.headers()).await {
+                                Ok(()) => handle(app, role, peer, req).await,
+                                Err(refusal) => refused(refusal),
+                            };
+                            security.add_headers(response.headers_mut());
+                            activity.request_ended();
+                            Ok::<_, std::convert::Infallible>(response)
+                        }
+                    })
+                };
+                let builder = auto::Builder::new(TokioExecutor::new());
+                let ended = match &security.tls {
+                    None => {
+                        let conn = builder.serve_connection(TokioIo::new(io), service);
+                        watcher.watch(conn.into_owned()).await
                     }
+                    Some(acceptor) => {
+                        let tls = match acceptor.accept(io).await {
+                            Ok(tls) => tls,
+                            Err(e) => {
+                                tracing::debug!(error = %e, %peer, listener = role.as_str(), "TLS handshake failed");
+                                return;
+                            }
+                        };
+                        let h2 = security.http2 && tls.get_ref().1.alpn_protocol() == Some(b"h2");
+                        let builder = if h2 {
+                            builder.http2_only()
+                        } else {
+                            builder.http1_only()
+                        };
+                        let conn = builder.serve_connection(TokioIo::new(tls), service);
+                        watcher.watch(conn.into_owned()).await
+                    }
+                };
+                if let Err(e) = ended {
+                    tracing::debug!(error = %e, %peer, "connection ended with an error");
                 }
+            };
+            tokio::select! {
+                () = connection => {}
                 reason = activity.overdue(limits) => {
                     tracing::debug!(%peer, reason, listener = role.as_str(), "closing a connection");
                     closed.with_label_values(&[role.as_str(), reason]).inc();
@@ -177,6 +243,18 @@ impl Listener {
             drop(slot);
         });
     }
+}
+
+/// The answer to a request the web configuration refuses (401 or 429).
+fn refused(refusal: Refusal) -> Response<Body> {
+    let mut response = Response::new(Full::new(Bytes::from_static(refusal.body().as_bytes())));
+    *response.status_mut() = refusal.status();
+    response.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    refusal.add_headers(response.headers_mut());
+    response
 }
 
 /// What a connection's watchdog knows of it: requests in flight, and when

@@ -9,6 +9,7 @@ use crate::http::{App, Role, Throttles};
 use crate::listen::{Accepted, Limits, ListenMetrics, Listener};
 use crate::state::Input;
 use crate::store::{RedbStore, Store};
+use crate::webconfig::Source;
 use crate::writer::{self, Shared, WriterMetrics};
 use anyhow::Context;
 use hyper_util::server::graceful::GracefulShutdown;
@@ -22,6 +23,16 @@ const DRAIN: Duration = Duration::from_secs(25);
 
 /// Runs the exporter until SIGTERM or SIGINT.
 pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
+    // The web configuration files first: a bad one stops the start before
+    // anything is opened.
+    let main_security = Arc::new(Source::open("--web.config.file", args.web_config_file())?);
+    let hook_security = match args.webhook_listen_address {
+        Some(_) => Some(Arc::new(Source::open(
+            "--web.webhook-config.file",
+            args.webhook_config_file(),
+        )?)),
+        None => None,
+    };
     let store = RedbStore::open(&args.storage_path)
         .with_context(|| format!("opening the store in {}", args.storage_path.display()))?;
     let state = store.load().context("reading the store")?;
@@ -99,21 +110,23 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         main_role,
         limits,
         listen_metrics.clone(),
+        main_security.clone(),
     )
     .await
     .with_context(|| format!("listening on {}", args.listen_address))?;
-    let hook = match args.webhook_listen_address {
-        Some(address) => Some(
-            Listener::bind(address, Role::Webhook, limits, listen_metrics)
+    let hook = match (args.webhook_listen_address, hook_security) {
+        (Some(address), Some(security)) => Some(
+            Listener::bind(address, Role::Webhook, limits, listen_metrics, security)
                 .await
                 .with_context(|| format!("listening for the webhook on {address}"))?,
         ),
-        None => None,
+        _ => None,
     };
     tracing::info!(
         address = %main.local_addr().unwrap_or(args.listen_address),
         webhook = %args.webhook_path,
         metrics = %args.telemetry_path,
+        tls = main_security.tls(),
         version = crate::version::VERSION,
         "listening"
     );
@@ -121,6 +134,7 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         tracing::info!(
             address = %hook.local_addr().map_or_else(|e| e.to_string(), |a| a.to_string()),
             webhook = %args.webhook_path,
+            tls = hook.tls(),
             "listening for the webhook alone"
         );
     }

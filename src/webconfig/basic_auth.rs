@@ -1,0 +1,331 @@
+//! Basic auth against `basic_auth_users` (user name to bcrypt hash), as
+//! exporter-toolkit checks it: a bcrypt check costs tens of milliseconds, so
+//! verified credentials are remembered (a bounded set keyed by a SHA-256 of
+//! the user, hash and password), one check runs at a time, and an unknown
+//! user is checked against a dummy hash of the same cost so that the answer's
+//! timing does not tell which users exist.
+
+use base64::Engine as _;
+use bcrypt::HashParts;
+use hyper::header::AUTHORIZATION;
+use hyper::HeaderMap;
+use sha2::{Digest, Sha256};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::str::FromStr;
+use std::sync::{Arc, Mutex};
+
+use super::lock;
+
+/// How many verified credentials are remembered.
+const CACHE_SIZE: usize = 256;
+
+/// Checks that `hash` is a bcrypt hash this exporter verifies: `$2y$` (as
+/// `htpasswd -B` writes), `$2b$` or `$2a$`. The error never quotes it: a
+/// plain password put there by mistake must not reach the logs.
+pub(super) fn check_hash(hash: &str) -> Result<u32, String> {
+    if hash.starts_with("$2x$") {
+        return Err("$2x$ bcrypt hashes (of the old crypt_blowfish bug) are not supported: use $2y$, $2b$ or $2a$".to_owned());
+    }
+    if !(hash.starts_with("$2y$") || hash.starts_with("$2b$") || hash.starts_with("$2a$")) {
+        return Err(
+            "the password is not a bcrypt hash ($2y$, $2b$ or $2a$, as `htpasswd -nbB` writes)"
+                .to_owned(),
+        );
+    }
+    let cost = HashParts::from_str(hash)
+        .map(|parts| parts.get_cost())
+        .map_err(|e| format!("the bcrypt hash is malformed: {e}"))?;
+    if !(4..=31).contains(&cost) {
+        return Err(format!("the bcrypt cost {cost} is not between 4 and 31"));
+    }
+    Ok(cost)
+}
+
+/// The user and password of a request's `Authorization: Basic` header, as bytes.
+pub(super) struct Credentials {
+    user: Vec<u8>,
+    password: Vec<u8>,
+}
+
+impl Credentials {
+    /// The credentials of `Authorization: Basic <base64 of user:password>`,
+    /// if the header is there and well formed.
+    pub(super) fn from_headers(headers: &HeaderMap) -> Option<Credentials> {
+        let value = headers.get(AUTHORIZATION)?.as_bytes();
+        let (scheme, encoded) = value.split_at_checked(6)?;
+        if !scheme.eq_ignore_ascii_case(b"Basic ") {
+            return None;
+        }
+        let decoded = base64::engine::general_purpose::STANDARD
+            .decode(encoded)
+            .ok()?;
+        let colon = decoded.iter().position(|&b| b == b':')?;
+        Some(Credentials {
+            user: decoded[..colon].to_vec(),
+            password: decoded[colon + 1..].to_vec(),
+        })
+    }
+}
+
+/// Credentials verified once, remembered by digest (never in clear), the
+/// oldest forgotten first. Only successes are kept: a stream of wrong
+/// passwords cannot push the good ones out.
+#[derive(Debug, Default)]
+pub(super) struct AuthCache {
+    entries: Mutex<Remembered>,
+}
+
+/// The digests, and the order they came in.
+#[derive(Debug, Default)]
+struct Remembered {
+    set: HashSet<[u8; 32]>,
+    order: VecDeque<[u8; 32]>,
+}
+
+impl AuthCache {
+    fn contains(&self, key: &[u8; 32]) -> bool {
+        lock(&self.entries).set.contains(key)
+    }
+
+    fn insert(&self, key: [u8; 32]) {
+        let mut entries = lock(&self.entries);
+        if !entries.set.insert(key) {
+            return;
+        }
+        entries.order.push_back(key);
+        while entries.order.len() > CACHE_SIZE {
+            if let Some(oldest) = entries.order.pop_front() {
+                entries.set.remove(&oldest);
+            }
+        }
+    }
+
+    #[cfg(test)]
+    pub(super) fn len(&self) -> usize {
+        lock(&self.entries).set.len()
+    }
+}
+
+/// The users of one version of the file.
+pub(super) struct BasicAuth {
+    users: HashMap<Vec<u8>, String>,
+    /// Checked for an unknown user: a hash of the highest cost among the users.
+    dummy: String,
+    cache: Arc<AuthCache>,
+    /// One bcrypt check at a time, as exporter-toolkit does: they are CPU-bound.
+    running: Mutex<()>,
+}
+
+impl BasicAuth {
+    /// `users` must have been checked by [`check_hash`].
+    pub(super) fn new(users: &BTreeMap<String, String>, cache: Arc<AuthCache>) -> BasicAuth {
+        let cost = users
+            .values()
+            .filter_map(|hash| check_hash(hash).ok())
+            .max()
+            .unwrap_or(bcrypt::DEFAULT_COST);
+        BasicAuth {
+            users: users
+                .iter()
+                .map(|(user, hash)| (user.as_bytes().to_vec(), hash.clone()))
+                .collect(),
+            dummy: dummy_hash(cost),
+            cache,
+            running: Mutex::new(()),
+        }
+    }
+
+    pub(super) fn users(&self) -> usize {
+        self.users.len()
+    }
+
+    /// The hash `credentials` are checked against, and whether the user exists.
+    fn hash_for(&self, credentials: &Credentials) -> (&str, bool) {
+        match self.users.get(&credentials.user) {
+            Some(hash) => (hash, true),
+            None => (&self.dummy, false),
+        }
+    }
+
+    fn cache_key(credentials: &Credentials, hash: &str) -> [u8; 32] {
+        let mut hasher = Sha256::new();
+        for part in [
+            credentials.user.as_slice(),
+            hash.as_bytes(),
+            credentials.password.as_slice(),
+        ] {
+            hasher.update((part.len() as u64).to_be_bytes());
+            hasher.update(part);
+        }
+        hasher.finalize().into()
+    }
+
+    /// Whether these credentials were verified before (no bcrypt check).
+    pub(super) fn cached(&self, credentials: &Credentials) -> bool {
+        let (hash, known) = self.hash_for(credentials);
+        known && self.cache.contains(&Self::cache_key(credentials, hash))
+    }
+
+    /// Whether the credentials are a user's with the right password; runs a
+    /// bcrypt check unless they are remembered.
+    pub(super) fn check(&self, credentials: &Credentials) -> bool {
+        let (hash, known) = self.hash_for(credentials);
+        let key = Self::cache_key(credentials, hash);
+        if known && self.cache.contains(&key) {
+            return true;
+        }
+        let verified = {
+            let _one_at_a_time = lock(&self.running);
+            bcrypt::verify(&credentials.password, hash).unwrap_or(false)
+        };
+        let ok = known && verified;
+        if ok {
+            self.cache.insert(key);
+        }
+        ok
+    }
+}
+
+/// A bcrypt hash of a fixed password nobody sends, with the given cost (one
+/// bcrypt run to make it).
+fn dummy_hash(cost: u32) -> String {
+    const SALT: [u8; 16] = *b"loadimpact-dummy";
+    bcrypt::hash_with_salt("not a password of any user", cost, SALT)
+        .map(|parts| parts.format_for_version(bcrypt::Version::TwoB))
+        // Cost out of range cannot come from a checked hash; fall back to a
+        // fixed hash (of another password) of cost 10.
+        .unwrap_or_else(|_| {
+            "$2y$10$QOauhQNbBCuQDKes6eFzPeMqBSjb7Mr5DUmpZ/VcEd00UAV/LDeSi".to_owned()
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hyper::header::HeaderValue;
+
+    /// `htpasswd -nbB -C 4 alice secret` (the `$2y$` prefix htpasswd writes).
+    const ALICE_2Y: &str = "$2y$04$E0/GAwhGAnB/nCaLNV.k4uvLxl3aCZVnXDciecV5E5p3V8nWqhjOS";
+
+    fn headers(user: &str, password: &str) -> HeaderMap {
+        let encoded =
+            base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            AUTHORIZATION,
+            HeaderValue::from_str(&format!("Basic {encoded}")).expect("header"),
+        );
+        headers
+    }
+
+    fn credentials(user: &str, password: &str) -> Credentials {
+        Credentials::from_headers(&headers(user, password)).expect("credentials")
+    }
+
+    fn users(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(u, h)| (u.to_string(), h.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn the_three_hash_prefixes_are_accepted_and_others_refused() {
+        let b = bcrypt::hash_with_salt("secret", 4, [7; 16]).expect("hash");
+        for version in [
+            bcrypt::Version::TwoY,
+            bcrypt::Version::TwoB,
+            bcrypt::Version::TwoA,
+        ] {
+            let hash = b.format_for_version(version);
+            assert_eq!(check_hash(&hash), Ok(4), "{hash}");
+            let auth = BasicAuth::new(&users(&[("u", &hash)]), Arc::default());
+            assert!(auth.check(&credentials("u", "secret")), "{hash}");
+            assert!(!auth.check(&credentials("u", "wrong")), "{hash}");
+        }
+        let two_x = b.format_for_version(bcrypt::Version::TwoX);
+        assert!(check_hash(&two_x).unwrap_err().contains("$2x$"));
+        let plain = check_hash("secret").unwrap_err();
+        assert!(!plain.contains("secret"), "{plain}");
+        assert!(check_hash("$2y$04$short").is_err());
+        assert!(
+            check_hash("$2y$99$w5mnNC1lATb9f5PH/nJEbuaZRjvqXgFITy1pOQIpFTt5BWfnwxNku").is_err()
+        );
+    }
+
+    #[test]
+    fn an_htpasswd_hash_is_verified() {
+        let auth = BasicAuth::new(&users(&[("alice", ALICE_2Y)]), Arc::default());
+        assert!(auth.check(&credentials("alice", "secret")));
+        assert!(!auth.check(&credentials("alice", "Secret")));
+        assert!(!auth.check(&credentials("bob", "secret")));
+    }
+
+    #[test]
+    fn only_verified_credentials_are_remembered_and_a_new_hash_is_not_fooled() {
+        let cache = Arc::new(AuthCache::default());
+        let auth = BasicAuth::new(&users(&[("alice", ALICE_2Y)]), cache.clone());
+        let good = credentials("alice", "secret");
+        assert!(!auth.cached(&good));
+        assert!(auth.check(&good));
+        assert!(auth.cached(&good));
+        assert_eq!(cache.len(), 1);
+        assert!(!auth.check(&credentials("alice", "wrong")));
+        assert!(!auth.check(&credentials("nobody", "secret")));
+        assert_eq!(cache.len(), 1, "failures are not remembered");
+
+        // Another file version with a new hash for alice: the old password's
+        // entry is keyed by the old hash and does not apply.
+        let other = bcrypt::hash_with_salt("changed", 4, [1; 16])
+            .expect("hash")
+            .format_for_version(bcrypt::Version::TwoB);
+        let auth = BasicAuth::new(&users(&[("alice", &other)]), cache.clone());
+        assert!(!auth.cached(&good));
+        assert!(!auth.check(&good));
+        assert!(auth.check(&credentials("alice", "changed")));
+    }
+
+    #[test]
+    fn the_cache_is_bounded_oldest_first() {
+        let cache = AuthCache::default();
+        for i in 0..(CACHE_SIZE + 10) {
+            let mut key = [0u8; 32];
+            key[..8].copy_from_slice(&(i as u64).to_be_bytes());
+            cache.insert(key);
+        }
+        assert_eq!(cache.len(), CACHE_SIZE);
+        assert!(!cache.contains(&[0u8; 32]));
+    }
+
+    #[test]
+    fn authorization_headers_are_read_like_go_does() {
+        let c = credentials("al:ice", "pa:ss");
+        assert_eq!(c.user, b"al");
+        assert_eq!(c.password, b"ice:pa:ss");
+        let mut h = HeaderMap::new();
+        h.insert(AUTHORIZATION, HeaderValue::from_static("basic YTpi"));
+        let c = Credentials::from_headers(&h).expect("lower-case scheme");
+        assert_eq!(
+            (c.user.as_slice(), c.password.as_slice()),
+            (&b"a"[..], &b"b"[..])
+        );
+        for bad in ["Bearer YTpi", "Basic", "Basic !!!", "Basic YWI=", ""] {
+            let mut h = HeaderMap::new();
+            h.insert(AUTHORIZATION, HeaderValue::from_static(bad));
+            assert!(Credentials::from_headers(&h).is_none(), "{bad:?}");
+        }
+        assert!(Credentials::from_headers(&HeaderMap::new()).is_none());
+    }
+
+    #[test]
+    fn an_unknown_user_costs_a_bcrypt_check_of_the_users_cost() {
+        let hash = bcrypt::hash_with_salt("x", 6, [3; 16])
+            .expect("hash")
+            .format_for_version(bcrypt::Version::TwoY);
+        let auth = BasicAuth::new(
+            &users(&[("alice", ALICE_2Y), ("bob", &hash)]),
+            Arc::default(),
+        );
+        assert_eq!(check_hash(&auth.dummy), Ok(6));
+    }
+}
