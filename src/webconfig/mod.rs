@@ -261,13 +261,6 @@ impl Settings {
 /// errors); an empty document is an empty configuration. Errors carry the
 /// line and column but no snippet of the text, which may hold a key.
 fn parse_yaml(text: &str) -> Result<File, Error> {
-    let blank = text
-        .lines()
-        .map(str::trim)
-        .all(|line| line.is_empty() || line.starts_with('#') || line == "---");
-    if blank {
-        return Ok(File::default());
-    }
     let mut options = serde_saphyr::Options::default();
     options.with_snippet = false;
     serde_saphyr::from_str_with_options(text, options).map_err(|e| {

@@ -80,7 +80,14 @@ pub struct Launch {
     webhook_listener: bool,
     /// Path and query the `post` helpers send deliveries to.
     webhook_target: String,
+    /// How to tell it is ready, given the main port, when `GET /-/ready`
+    /// over plain HTTP cannot (TLS, basic auth).
+    ready_probe: Option<ReadyProbe>,
 }
+
+/// A test's own readiness check: given the main listener's port, whether
+/// the exporter answers.
+pub type ReadyProbe = std::sync::Arc<dyn Fn(u16) -> bool + Send + Sync>;
 
 impl Launch {
     /// One more argument.
@@ -166,6 +173,13 @@ impl Launch {
     /// e.g. `/webhook/<token>` (default `/webhook`).
     pub fn webhook_target(mut self, target: &str) -> Launch {
         self.webhook_target = target.to_owned();
+        self
+    }
+
+    /// Waits for `ready(port)` rather than a plain `GET /-/ready` (a main
+    /// listener behind TLS or basic auth).
+    pub fn ready_when(mut self, ready: impl Fn(u16) -> bool + Send + Sync + 'static) -> Launch {
+        self.ready_probe = Some(std::sync::Arc::new(ready));
         self
     }
 
@@ -293,6 +307,7 @@ impl Exporter {
             ready_within: Duration::from_secs(20),
             webhook_listener: false,
             webhook_target: "/webhook".to_owned(),
+            ready_probe: None,
         }
     }
 
@@ -307,7 +322,13 @@ impl Exporter {
         let mut process = self
             .launch
             .spawn(self.port, self.webhook_port, &self.storage);
-        process.wait_ready(&self.url("/-/ready"), self.launch.ready_within);
+        match &self.launch.ready_probe {
+            Some(ready) => {
+                let port = self.port;
+                process.wait_until("its own probe", self.launch.ready_within, || ready(port));
+            }
+            None => process.wait_ready(&self.url("/-/ready"), self.launch.ready_within),
+        }
         self.process = Some(process);
     }
 

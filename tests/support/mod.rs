@@ -1,9 +1,10 @@
 //! What the integration tests share: the one launcher of the exporter binary
 //! (`exporter`), a guard for every other child process (`process`), an HTTP
 //! client and free ports (`http`), the Load Impact deliveries (`deliveries`),
-//! reading a scrape (`samples`), the outside tools (`tools`) and the
-//! repository's files (`files`). Every integration test file does
-//! `mod support;`; `docs/development.md` says which helper to use for what.
+//! reading a scrape (`samples`), the outside tools (`tools`), the
+//! repository's files (`files`), and certificates with an HTTPS client
+//! (`tls`). Every integration test file does `mod support;`;
+//! `docs/development.md` says which helper to use for what.
 #![allow(dead_code)]
 
 pub mod deliveries;
@@ -12,6 +13,7 @@ pub mod files;
 pub mod http;
 pub mod process;
 pub mod samples;
+pub mod tls;
 pub mod tools;
 
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};

@@ -57,7 +57,15 @@ impl ChildGuard {
     /// Waits until `GET url` answers 200; panics at once (with its log) if the
     /// process exits first, or after `timeout`.
     pub fn wait_ready(&mut self, url: &str, timeout: Duration) {
-        let what = format!("{} to be ready ({url})", self.name);
+        self.wait_until(url, timeout, || {
+            http::try_get(url).is_some_and(|r| r.status == 200)
+        });
+    }
+
+    /// Waits until `ready()` (`what` says what it checks); panics at once
+    /// (with its log) if the process exits first, or after `timeout`.
+    pub fn wait_until(&mut self, what: &str, timeout: Duration, mut ready: impl FnMut() -> bool) {
+        let what = format!("{} to be ready ({what})", self.name);
         wait_for(&what, timeout, || {
             if let Some(status) = self.try_wait() {
                 let log = self
@@ -67,9 +75,7 @@ impl ChildGuard {
                     .unwrap_or_default();
                 panic!("{} exited during start-up: {status}\n{log}", self.name);
             }
-            http::try_get(url)
-                .is_some_and(|r| r.status == 200)
-                .then_some(())
+            ready().then_some(())
         });
     }
 
