@@ -1,7 +1,8 @@
 //! `--web.config.file` and `--web.webhook-config.file` (exporter-toolkit's
 //! web configuration) against the real binary, with certificates made by the
 //! real `openssl` and `$2y$` hashes by the real `htpasswd`: HTTPS and what a
-//! plain-HTTP client gets from it, the client auth types, the minimum
+//! plain-HTTP client gets from it, a handshake that stalls (closed within
+//! the header timeout), the client auth types, the minimum
 //! version, basic auth on every path (the webhook included), the configured
 //! headers, files that stop the start, a certificate renewed while running,
 //! and the webhook's own listener with its own file.
@@ -160,6 +161,56 @@ fn an_https_scrape_works_with_the_ca_and_plain_http_to_the_tls_port_gets_no_2xx(
     assert_eq!(
         client(&pki).get(port, "/-/ready").expect("HTTPS").status,
         200
+    );
+}
+
+#[test]
+fn a_stalled_handshake_is_closed_within_the_header_timeout() {
+    let pki = Pki::new();
+    let config = write(&pki.path("web.yml"), &tls_yaml("", ""));
+    let probe = client(&pki);
+    let exporter = Exporter::builder()
+        .arg(format!("--web.config.file={}", config.display()))
+        .arg("--web.read-header-timeout=1s")
+        .ready_when(move |port| probe.get(port, "/-/ready").is_ok_and(|r| r.status == 200))
+        .start();
+    // The first bytes of a ClientHello's record, then nothing.
+    let mut stalled = TcpStream::connect(("127.0.0.1", exporter.port())).expect("connect");
+    stalled.write_all(&[0x16, 0x03, 0x01, 0x01]).expect("write");
+    stalled
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    let started = Instant::now();
+    let mut buf = [0u8; 64];
+    let closed = match stalled.read(&mut buf) {
+        Ok(0) => started.elapsed(),
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ) =>
+        {
+            panic!("a stalled handshake was kept open 10 s")
+        }
+        Err(_) => started.elapsed(), // reset
+        Ok(n) => panic!("answered a stalled handshake: {:?}", &buf[..n]),
+    };
+    assert!(
+        closed >= Duration::from_millis(900) && closed < Duration::from_secs(5),
+        "closed after {closed:?}, the header timeout is 1 s"
+    );
+    // A real client is served after it, and the close was counted.
+    let scrape = client(&pki)
+        .get(exporter.port(), "/metrics")
+        .expect("HTTPS");
+    assert_eq!(scrape.status, 200);
+    let samples = samples::parse_samples(&scrape.body, "loadimpact_");
+    assert_eq!(
+        samples::sample(
+            &samples,
+            r#"loadimpact_exporter_connections_closed_total{listener="main",reason="header_timeout"}"#
+        ),
+        1.0
     );
 }
 
