@@ -146,12 +146,16 @@ fn an_https_scrape_works_with_the_ca_and_plain_http_to_the_tls_port_gets_no_2xx(
         tls12.handshake.version,
         Some(rustls::ProtocolVersion::TLSv1_2)
     );
-    // HTTP/2 is offered by ALPN (http2 defaults to true).
+    // HTTP/2 is offered by ALPN (http2 defaults to true), and served.
     let h2 = client(&pki)
         .alpn(&["h2", "http/1.1"])
         .connect(port)
         .expect("handshake");
     assert_eq!(h2.handshake().alpn.as_deref(), Some("h2"));
+    assert_eq!(
+        client(&pki).get_h2(port, "/-/ready"),
+        Ok((200, hyper::Version::HTTP_2))
+    );
     // A client that does not trust the CA refuses the server.
     let untrusting = TlsClient::trusting(&pki.path("rogue-ca.pem")).get(port, "/-/ready");
     assert!(untrusting.is_err(), "{untrusting:?}");

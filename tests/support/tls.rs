@@ -303,6 +303,41 @@ impl TlsClient {
         Ok(TlsConn { stream })
     }
 
+    /// `GET path` over HTTP/2 (ALPN `h2` only, hyper's client): the
+    /// status and the protocol version hyper saw.
+    pub fn get_h2(&self, port: u16, path: &str) -> Result<(u16, hyper::Version), String> {
+        let config = self.clone().alpn(&["h2"]).config();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        runtime.block_on(async move {
+            let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .map_err(|e| format!("connect: {e}"))?;
+            let name = ServerName::try_from("127.0.0.1").expect("server name");
+            let tls = tokio_rustls::TlsConnector::from(config)
+                .connect(name, tcp)
+                .await
+                .map_err(|e| format!("handshake: {e}"))?;
+            let (mut sender, conn) = hyper::client::conn::http2::handshake(
+                hyper_util::rt::TokioExecutor::new(),
+                hyper_util::rt::TokioIo::new(tls),
+            )
+            .await
+            .map_err(|e| format!("HTTP/2: {e}"))?;
+            tokio::spawn(conn);
+            let request = hyper::Request::get(format!("https://127.0.0.1:{port}{path}"))
+                .body(http_body_util::Empty::<bytes::Bytes>::new())
+                .expect("request");
+            let response = sender
+                .send_request(request)
+                .await
+                .map_err(|e| format!("request: {e}"))?;
+            Ok((response.status().as_u16(), response.version()))
+        })
+    }
+
     /// One request on a connection of its own (`Connection: close`).
     pub fn request(
         &self,
