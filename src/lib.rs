@@ -20,6 +20,18 @@
 //!
 //! Only what the binary uses is public; docs/architecture.md has the map.
 
+// Input never reaches a panic: no unwrap, expect, panic or unchecked
+// indexing outside tests.
+#![cfg_attr(
+    not(test),
+    deny(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::panic,
+        clippy::indexing_slicing
+    )
+)]
+
 mod access;
 mod clock;
 pub mod config;

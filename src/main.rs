@@ -1,5 +1,17 @@
 //! The `loadimpact-exporter` binary: parse the flags, set up logging, run.
 
+// Input never reaches a panic: no unwrap, expect, panic or unchecked
+// indexing outside tests.
+#![cfg_attr(
+    not(test),
+    deny(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::panic,
+        clippy::indexing_slicing
+    )
+)]
+
 use clap::Parser;
 use loadimpact_exporter::config::{Cli, Command, SimulateArgs};
 use std::process::ExitCode;

@@ -115,11 +115,13 @@ pub(super) fn json_response(status: StatusCode, value: serde_json::Value) -> Res
 }
 
 fn error_response(status: StatusCode, message: &str, field: Option<&str>) -> Response<Body> {
-    let mut body = json!({ "result": "rejected", "error": message });
+    let mut body = serde_json::Map::new();
+    body.insert("result".into(), json!("rejected"));
+    body.insert("error".into(), json!(message));
     if let Some(field) = field {
-        body["field"] = json!(field);
+        body.insert("field".into(), json!(field));
     }
-    json_response(status, body)
+    json_response(status, serde_json::Value::Object(body))
 }
 
 /// The read-only pages, besides the webhook.

@@ -31,16 +31,16 @@ pub(super) fn allocate(weights: &OutcomeWeights, total: u64) -> Vec<(Outcome, u6
         .collect();
     let mut counts: Vec<u64> = exact.iter().map(|x| x.floor() as u64).collect();
     let mut left = total.saturating_sub(counts.iter().sum());
-    let mut order: Vec<usize> = (0..exact.len()).collect();
-    order.sort_by(|&a, &b| {
-        let (ra, rb) = (exact[a] - exact[a].floor(), exact[b] - exact[b].floor());
-        rb.total_cmp(&ra).then(a.cmp(&b))
-    });
-    for i in order.into_iter().cycle() {
+    // The largest remainders get the units left, first index first.
+    let mut order: Vec<(usize, f64)> = exact.iter().map(|x| x - x.floor()).enumerate().collect();
+    order.sort_by(|(a, ra), (b, rb)| rb.total_cmp(ra).then(a.cmp(b)));
+    for (i, _) in order.into_iter().cycle() {
         if left == 0 {
             break;
         }
-        counts[i] += 1;
+        if let Some(count) = counts.get_mut(i) {
+            *count += 1;
+        }
         left -= 1;
     }
     weights.0.iter().map(|(o, _)| *o).zip(counts).collect()
@@ -151,8 +151,9 @@ pub(super) fn plan(args: &SimulateArgs, base: Millis) -> Plan {
                 })
                 .collect(),
         );
-        for (i, (outcome, n)) in allocate(&weights, finishing).into_iter().enumerate() {
-            totals[i].1 += n;
+        // `allocate` keeps the order of the weights, which is the totals'.
+        for ((_, sum), (outcome, n)) in totals.iter_mut().zip(allocate(&weights, finishing)) {
+            *sum += n;
             runs.extend(std::iter::repeat_n(Some(outcome), n as usize));
         }
         runs.shuffle(&mut rng);
@@ -207,7 +208,10 @@ pub(super) fn plan(args: &SimulateArgs, base: Millis) -> Plan {
             let project_id = args.first_project_id + p as u64;
             let load_test = rng.random_range(0..args.load_tests);
             let load_test_id = project_id * 1000 + load_test + 1;
-            let name = TEST_NAMES[((project_id + load_test) % TEST_NAMES.len() as u64) as usize];
+            let name = TEST_NAMES
+                .get(((project_id + load_test) % TEST_NAMES.len() as u64) as usize)
+                .copied()
+                .unwrap_or_default();
             let run_id = run_id_base + project_id * 1_000_000 + run + 1;
             let user_id = args.organization_id * 100 + rng.random_range(1..=5);
             let scheduled = rng.random_bool(0.3);
@@ -279,7 +283,7 @@ pub(super) fn plan(args: &SimulateArgs, base: Millis) -> Plan {
                     ),
                 },
             );
-            if let Some(outcome) = runs[run as usize] {
+            if let Some(outcome) = runs.get(run as usize).copied().flatten() {
                 let length = args.run_duration.mul_f64(rng.random_range(0.5..=1.5));
                 let ended_at = started_at + crate::clock::millis(length);
                 let (status, text) = status_of(outcome, args.status_table);

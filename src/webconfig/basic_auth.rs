@@ -59,10 +59,11 @@ impl Credentials {
         let decoded = base64::engine::general_purpose::STANDARD
             .decode(encoded)
             .ok()?;
-        let colon = decoded.iter().position(|&b| b == b':')?;
+        let mut parts = decoded.splitn(2, |&b| b == b':');
+        let (user, password) = (parts.next()?, parts.next()?);
         Some(Credentials {
-            user: decoded[..colon].to_vec(),
-            password: decoded[colon + 1..].to_vec(),
+            user: user.to_vec(),
+            password: password.to_vec(),
         })
     }
 }
