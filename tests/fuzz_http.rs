@@ -78,6 +78,8 @@ struct Exchange {
 #[derive(Debug, Clone)]
 struct Response {
     status: u16,
+    /// An `HTTP/1.0` status line.
+    http10: bool,
     /// Header names lower-cased.
     headers: Vec<(String, String)>,
     body: Vec<u8>,
@@ -89,6 +91,16 @@ impl Response {
             .iter()
             .find(|(n, _)| n == name)
             .map(|(_, v)| v.as_str())
+    }
+
+    /// Whether the server says it closes the connection after this
+    /// response (HTTP/1.0 closes unless it keeps alive).
+    fn closes(&self) -> bool {
+        let connection = self
+            .header("connection")
+            .unwrap_or_default()
+            .to_ascii_lowercase();
+        connection.contains("close") || (self.http10 && !connection.contains("keep-alive"))
     }
 
     fn summary(&self) -> String {
@@ -151,7 +163,31 @@ fn exchange(port: u16, request: &[u8]) -> Result<Exchange, String> {
     let _ = stream.shutdown(Shutdown::Both);
     let head_request = contains(request, b"HEAD");
     let responses = parse_responses(&received, head_request)?;
+    // The sentinel (or the filler) makes the server answer and close. The
+    // server may also close after answering a request whose body it did not
+    // read (another page, 405, 413, a body it could not read); a connection
+    // that ends otherwise lost a request, as when a handler panics.
+    let lost = match responses.last() {
+        None => true,
+        Some(last) => read_its_body(last) && !last.closes(),
+    };
+    if lost {
+        return Err(format!(
+            "the connection closed without an answer to its last request: {:?}",
+            String::from_utf8_lossy(&received)
+        ));
+    }
     Ok(Exchange { responses, filled })
+}
+
+/// Whether `response` answers a request whose body the server read to its
+/// end: the webhook's answers but 405, 413 and a body it could not read.
+fn read_its_body(response: &Response) -> bool {
+    webhook_answer(response).is_some_and(|answer| match answer.code {
+        405 | 413 => false,
+        400 => !contains(&response.body, b"cannot read the body"),
+        _ => true,
+    })
 }
 
 /// Writes all of `bytes`; a server that closed meanwhile is no error (it
@@ -193,6 +229,7 @@ fn parse_responses(bytes: &[u8], head_request: bool) -> Result<Vec<Response>, St
         let mut lines = head.split("\r\n");
         let status_line = lines.next().unwrap_or_default();
         let status = parse_status_line(status_line).ok_or_else(|| malformed("status line"))?;
+        let http10 = status_line.starts_with("HTTP/1.0 ");
         let mut headers = Vec::new();
         for line in lines {
             let (name, value) = line
@@ -202,6 +239,7 @@ fn parse_responses(bytes: &[u8], head_request: bool) -> Result<Vec<Response>, St
         }
         let mut response = Response {
             status,
+            http10,
             headers,
             body: Vec::new(),
         };
