@@ -241,9 +241,11 @@ impl Machine {
         applied
     }
 
-    /// The cap a delivery would break: one for a run the exporter does not
-    /// know yet, of a new project past `max_projects` or a new load test
-    /// past `max_load_tests`. Runs already known always go on.
+    /// The cap a delivery would break: a new project past `max_projects`
+    /// for a run the exporter does not know yet, or a new load test past
+    /// `max_load_tests`. A run already known goes on under its own load
+    /// test (and is counted under its own project); an event of it that
+    /// names another load test would add that one, so the cap applies.
     fn refusal(&self, state: &State, event: &Event, at: Millis) -> Option<Limit> {
         let Event::Run(run) = event else {
             return None;
@@ -251,13 +253,17 @@ impl Machine {
         let known_run = state
             .runs
             .get(&run.load_test_run_id)
-            .is_some_and(|r| !self.is_forgotten(r, at));
-        if known_run {
-            return None;
-        }
-        // Counting the projects walks the counters: only for a new one.
-        if !state.is_known_project(run.project) && state.projects().len() >= self.max_projects {
-            return Some(Limit::Projects);
+            .filter(|r| !self.is_forgotten(r, at));
+        match known_run {
+            Some(known) if known.load_test_id == run.load_test_id => return None,
+            Some(_) => {}
+            // Counting the projects walks the counters: only for a new one.
+            None if !state.is_known_project(run.project)
+                && state.projects().len() >= self.max_projects =>
+            {
+                return Some(Limit::Projects);
+            }
+            None => {}
         }
         if !state.load_tests.contains_key(&run.load_test_id)
             && state.load_tests.len() >= self.max_load_tests

@@ -124,6 +124,39 @@ fn start_then_finish_counts_once_and_observes_the_duration() {
     assert_eq!(h.state.last_event["test.finished"], 91_000);
 }
 
+/// `event` naming load test `load_test`.
+fn of_load_test(event: Event, load_test: u64) -> Event {
+    match event {
+        Event::Run(run) => Event::Run(RunEvent {
+            load_test_id: load_test,
+            ..run
+        }),
+        other => other,
+    }
+}
+
+#[test]
+fn a_known_run_brings_in_no_load_test_past_the_cap() {
+    let mut h = Harness::new();
+    h.machine.max_load_tests = 1;
+    let started = of_load_test(start(1, P1), 7);
+    assert_eq!(h.deliver("a", started, 1_000), EventResult::Accepted);
+    // Its finish naming another load test would add a second one.
+    let elsewhere = of_load_test(finish(1, P1, 3, "Finished"), 8);
+    assert_eq!(h.deliver("b", elsewhere, 2_000), EventResult::Refused);
+    assert_eq!(h.state.load_tests.len(), 1);
+    // Under its own load test it finishes, cap or not.
+    let own = of_load_test(finish(1, P1, 3, "Finished"), 7);
+    assert_eq!(h.deliver("c", own, 3_000), EventResult::Accepted);
+    // The same when the finish came first.
+    let first = of_load_test(finish(2, P1, 3, "Finished"), 7);
+    assert_eq!(h.deliver("d", first, 4_000), EventResult::Accepted);
+    let late = of_load_test(start(2, P1), 9);
+    assert_eq!(h.deliver("e", late, 5_000), EventResult::Refused);
+    assert_eq!(h.state.load_tests.len(), 1);
+    assert_eq!(h.counter(CounterKey::Started(P1, Trigger::Unknown)), 1);
+}
+
 #[test]
 fn a_repeated_request_id_is_a_duplicate_and_changes_no_run_metric() {
     let mut h = Harness::new();
