@@ -36,12 +36,29 @@ use support::deliveries::{headers, k6_headers, test_hook, Run};
 use support::exporter::{api_run, Exporter};
 use support::http;
 use support::process::has_exited;
-use support::samples::{self, labels, sample, state_samples, Samples};
+use support::samples::{self, labelled, labels, sample, state_samples, Samples};
 use support::tools::{describe, require_tool, run_with_input};
 
-/// Cases run when `FUZZ_HTTP_CASES` is not set: well under a minute on two
-/// shared cores.
-const DEFAULT_CASES: u32 = 2500;
+/// Cases run by each test when `FUZZ_HTTP_CASES` is not set: both tests
+/// together well under a minute on two shared cores.
+const DEFAULT_CASES: u32 = 2000;
+
+/// The webhook's token in the test that sets one; it cannot arise from a
+/// mutation by chance.
+const TOKEN: &str = "fuzzTOKEN-7f3a9c41";
+
+/// Caps low enough that the fuzz reaches them (429): room for the clean
+/// cases' 4 projects and 3 load tests (posted first), the mutated cases' 6
+/// and 4, and a few more.
+const MAX_PROJECTS: usize = 13;
+const MAX_LOAD_TESTS: usize = 10;
+
+fn caps() -> [String; 2] {
+    [
+        format!("--limits.max-projects={MAX_PROJECTS}"),
+        format!("--limits.max-load-tests={MAX_LOAD_TESTS}"),
+    ]
+}
 
 // ---- the wire ---------------------------------------------------------------
 
@@ -181,10 +198,11 @@ fn exchange(port: u16, request: &[u8]) -> Result<Exchange, String> {
 }
 
 /// Whether `response` answers a request whose body the server read to its
-/// end: the webhook's answers but 405, 413 and a body it could not read.
+/// end: the webhook's answers but 401, 403, 405, 408, 413 and a body it
+/// could not read.
 fn read_its_body(response: &Response) -> bool {
     webhook_answer(response).is_some_and(|answer| match answer.code {
-        405 | 413 => false,
+        401 | 403 | 405 | 408 | 413 => false,
         400 => !contains(&response.body, b"cannot read the body"),
         _ => true,
     })
@@ -300,8 +318,9 @@ struct Answer {
 /// The webhook's answer in `response`, if it is one. The handler always
 /// sets a content type; hyper's own answers (a request it cannot parse) have
 /// none. Pages answer 200 (no `result`), 404, 405 with `Allow: GET, HEAD`
-/// and 503 as text; only the webhook answers 400, 413, 415 and 422, a 405
-/// with `Allow: POST`, a 200 with a `result` and a 503 in JSON.
+/// and 503 as text; only the webhook answers 400, 401, 403, 408, 413, 415,
+/// 422 and 429, a 405 with `Allow: POST`, a 200 with a `result` and a 503
+/// in JSON.
 fn webhook_answer(response: &Response) -> Option<Answer> {
     let content_type = response.header("content-type")?;
     let json: Option<Value> = serde_json::from_slice(&response.body).ok();
@@ -312,7 +331,7 @@ fn webhook_answer(response: &Response) -> Option<Answer> {
         .map(str::to_owned);
     let webhook = match response.status {
         200 => result.is_some(),
-        400 | 413 | 415 | 422 => true,
+        400 | 401 | 403 | 408 | 413 | 415 | 422 | 429 => true,
         405 => response.header("allow") == Some("POST"),
         503 => content_type.starts_with("application/json"),
         _ => false,
@@ -330,6 +349,8 @@ struct Tally {
     accepted: u64,
     duplicate: u64,
     ignored: u64,
+    /// 429: a new project or load test past its cap.
+    refused: u64,
 }
 
 impl Tally {
@@ -340,6 +361,7 @@ impl Tally {
             (200, Some("duplicate")) => self.duplicate += 1,
             (200, Some("ignored")) => self.ignored += 1,
             (200, other) => return Err(format!("a 200 with result {other:?}")),
+            (429, Some("refused")) => self.refused += 1,
             (_, Some("rejected") | None) => {}
             (code, other) => return Err(format!("a {code} with result {other:?}")),
         }
@@ -353,6 +375,7 @@ impl Tally {
         self.accepted += other.accepted;
         self.duplicate += other.duplicate;
         self.ignored += other.ignored;
+        self.refused += other.refused;
     }
 }
 
@@ -380,7 +403,10 @@ fn check_responses(exchange: &Exchange) -> Result<Tally, String> {
 // ---- accounting ---------------------------------------------------------------
 
 const EVENTS: [&str; 3] = ["test.started", "test.finished", "test.notification_channel"];
-const RESULTS: [&str; 3] = ["accepted", "duplicate", "ignored"];
+const RESULTS: [&str; 4] = ["accepted", "duplicate", "ignored", "refused"];
+/// Every code the webhook answers, as `loadimpact_webhook_requests_total`
+/// exports them.
+const CODES: [u16; 11] = [200, 400, 401, 403, 405, 408, 413, 415, 422, 429, 503];
 
 fn name_of(series: &str) -> &str {
     series.split_once('{').map_or(series, |(name, _)| name)
@@ -438,7 +464,7 @@ fn check_moves(before: &Samples, after: &Samples, tally: &Tally) -> Result<(), S
     let explain = || format!("answers {tally:?}; moves {moved:#?}");
 
     // The webhook's own counters follow the answers the client read.
-    for code in [200, 400, 405, 413, 415, 422, 503] {
+    for code in CODES {
         let want = if code == 200 {
             tally.accepted + tally.duplicate + tally.ignored
         } else {
@@ -464,6 +490,7 @@ fn check_moves(before: &Samples, after: &Samples, tally: &Tally) -> Result<(), S
         ("accepted", tally.accepted),
         ("duplicate", tally.duplicate),
         ("ignored", tally.ignored),
+        ("refused", tally.refused),
     ] {
         let got: f64 = EVENTS.iter().map(|e| de(e, result)).sum();
         if got != want as f64 {
@@ -476,14 +503,15 @@ fn check_moves(before: &Samples, after: &Samples, tally: &Tally) -> Result<(), S
 
     let applied = tally.accepted + tally.ignored;
     if applied == 0 {
-        // Nothing was accepted: only the request and duplicate counters move.
+        // Nothing was accepted: only the request, duplicate and refusal
+        // counters move.
         let stray: Vec<_> = moved
             .iter()
             .filter(|(series, _, _)| {
                 let name = name_of(series);
                 !(name == "loadimpact_webhook_requests_total"
                     || (name == "loadimpact_webhook_events_total"
-                        && labels(series)["result"] == "duplicate"))
+                        && ["duplicate", "refused"].contains(&labels(series)["result"].as_str())))
             })
             .collect();
         if !stray.is_empty() {
@@ -809,9 +837,10 @@ fn base() -> impl Strategy<Value = Base> {
         any::<bool>(),
         prop_oneof![4 => Just(0u8), 4 => Just(1u8), 1 => Just(2u8)],
         1u64..300,
-        1u64..=3,
-        10u64..=13,
-        20u64..=25,
+        1u64..=2,
+        // Now and then a project or load test of its own, up to the caps.
+        prop_oneof![9 => 10u64..=12, 1 => 1000u64..1100],
+        prop_oneof![9 => 20u64..=23, 1 => 5000u64..5100],
         0u32..400,
         0u32..400,
         0usize..5,
@@ -954,6 +983,7 @@ fn raw_value() -> impl Strategy<Value = String> {
         6 => proptest::sample::select(fixed).prop_map(str::to_owned),
         1 => any::<i64>().prop_map(|n| n.to_string()),
         1 => any::<u64>().prop_map(|n| n.to_string()),
+        1 => (0u64..100_000).prop_map(|n| n.to_string()),
         1 => any::<f64>().prop_map(|f| f.to_string()),
         1 => "[a-z0-9 ._-]{0,12}".prop_map(|s| format!("\"{s}\"")),
         1 => (1usize..600).prop_map(|n| "9".repeat(n)),
@@ -1148,6 +1178,23 @@ fn target() -> impl Strategy<Value = Vec<u8>> {
         "webhook",
         "/webhook\x00",
         "/web hook",
+        // `@T@` is the token (also when the exporter has none).
+        "/webhook/@T@",
+        "/webhook?token=@T@",
+        "/webhook/@T@?x=1",
+        "/webhook/@T@/more",
+        "/webhook/@T@x",
+        "/webhook/x@T@",
+        "/webhook?x=1&token=@T@",
+        "/webhook?token=wrong&token=@T@",
+        "/webhook?token=@T@&token=wrong",
+        "/webhook/?token=@T@",
+        "/webhook/@T@%20",
+        "/WEBHOOK/@T@",
+        "http://127.0.0.1/webhook/@T@",
+        "/webhook/@T@#frag",
+        "/metrics/@T@",
+        "/other/@T@",
     ];
     prop_oneof![
         8 => proptest::sample::select(fixed).prop_map(|s| s.as_bytes().to_vec()),
@@ -1364,6 +1411,19 @@ fn remove_path(value: &mut Value, path: &str) {
     }
 }
 
+/// `target` with the token where it says `@T@`.
+fn with_token(target: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(target.len());
+    let mut rest = target;
+    while let Some(i) = find(rest, b"@T@") {
+        out.extend_from_slice(&rest[..i]);
+        out.extend_from_slice(TOKEN.as_bytes());
+        rest = &rest[i + 3..];
+    }
+    out.extend_from_slice(rest);
+    out
+}
+
 fn at_fraction(len: usize, per_mille: u16) -> usize {
     len * usize::from(per_mille.min(1000)) / 1000
 }
@@ -1388,7 +1448,8 @@ struct Mutated {
 }
 
 impl Mutated {
-    fn to_bytes(&self) -> Vec<u8> {
+    /// The request, sent to `target` unless a mutation says otherwise.
+    fn to_bytes(&self, target: &[u8]) -> Vec<u8> {
         let (headers, mut body) = self.base.delivery();
         // JSON values first: raw text goes in through placeholders.
         let mut raws = Vec::new();
@@ -1449,6 +1510,7 @@ impl Mutated {
             }
         }
         let mut request = Request::new(headers, bytes);
+        request.target = target.to_vec();
         for m in &self.mutations {
             let Mutation::Header(m) = m else { continue };
             let n = request.headers.len();
@@ -1484,7 +1546,7 @@ impl Mutated {
             match m {
                 Mutation::Framing(f) => request.framing = f.clone(),
                 Mutation::Method(v) => request.method = v.clone(),
-                Mutation::Target(v) => request.target = v.clone(),
+                Mutation::Target(v) => request.target = with_token(v),
                 Mutation::Version(v) => request.version = v.clone(),
                 _ => {}
             }
@@ -1822,6 +1884,7 @@ impl CleanModel {
 fn clean_request(
     (headers, mut body): (Vec<(String, String)>, Value),
     benign: &[Benign],
+    token: bool,
 ) -> Vec<u8> {
     let mut pretty = false;
     for b in benign {
@@ -1838,6 +1901,12 @@ fn clean_request(
     }
     .unwrap_or_default();
     let mut request = Request::new(headers, text);
+    let path = if token {
+        format!("/webhook/{TOKEN}")
+    } else {
+        "/webhook".to_owned()
+    };
+    request.target = path.clone().into_bytes();
     let mut http10 = false;
     for b in benign {
         match b {
@@ -1856,8 +1925,11 @@ fn clean_request(
             Benign::Chunked(splits) => {
                 request.framing = Framing::Chunked(Chunking::plain(splits.clone()))
             }
+            Benign::Query if token => {
+                request.target = format!("/webhook?source=fuzz&token={TOKEN}&x=%20y").into_bytes()
+            }
             Benign::Query => request.target = b"/webhook?source=fuzz&x=%20y".to_vec(),
-            Benign::AbsoluteForm => request.target = b"http://127.0.0.1/webhook".to_vec(),
+            Benign::AbsoluteForm => request.target = format!("http://127.0.0.1{path}").into_bytes(),
             Benign::Http10 => http10 = true,
             Benign::Expect100 => request
                 .headers
@@ -1904,6 +1976,9 @@ fn case() -> impl Strategy<Value = Case> {
 struct Fuzz {
     port: u16,
     pid: u32,
+    /// The exporter takes `TOKEN`.
+    token: bool,
+    started: Instant,
     /// The scrape after the last case.
     last: Samples,
     /// Every webhook answer read.
@@ -1946,9 +2021,19 @@ impl Fuzz {
         let (wire, expected) = match case {
             Case::Clean(c) => {
                 let (delivery, expected) = self.clean.next(c);
-                (clean_request(delivery, &c.benign), Some(expected))
+                (
+                    clean_request(delivery, &c.benign, self.token),
+                    Some(expected),
+                )
             }
-            Case::Mutated(m) => (m.to_bytes(), None),
+            Case::Mutated(m) => {
+                let target = if self.token {
+                    format!("/webhook/{TOKEN}")
+                } else {
+                    "/webhook".to_owned()
+                };
+                (m.to_bytes(target.as_bytes()), None)
+            }
             Case::Random(bytes) => (bytes.clone(), None),
         };
         let what = || format!("request: b\"{}\"", escaped(&wire));
@@ -1966,8 +2051,32 @@ impl Fuzz {
             *self.responses.entry(r.status).or_default() += 1;
         }
         let tally = check_responses(&exchange).map_err(|e| format!("{e}; {}", what()))?;
+        // Without the token nothing passes the webhook's door.
+        if self.token && !contains(&wire, TOKEN.as_bytes()) {
+            let passed: Vec<_> = exchange
+                .responses
+                .iter()
+                .filter(|r| webhook_answer(r).is_some_and(|a| a.code != 401))
+                .map(Response::summary)
+                .collect();
+            if !passed.is_empty() {
+                return Err(format!(
+                    "a request without the token got past the webhook's check: {passed:?}; {}",
+                    what()
+                ));
+            }
+        }
         self.total.merge(&tally);
         check_moves(&before, &self.last, &tally).map_err(|e| format!("{e}; {}", what()))?;
+        // Whatever the deliveries say, the series stay within the caps.
+        let projects = labelled(&self.last, "loadimpact_test_runs_running").len();
+        let load_tests = labelled(&self.last, "loadimpact_load_test_info").len();
+        if projects > MAX_PROJECTS || load_tests > MAX_LOAD_TESTS {
+            return Err(format!(
+                "{projects} projects (cap {MAX_PROJECTS}) and {load_tests} load tests (cap {MAX_LOAD_TESTS}) have series; {}",
+                what()
+            ));
+        }
         if let Some(expected) = expected {
             let answers: Vec<Answer> = exchange
                 .responses
@@ -2025,6 +2134,14 @@ impl Fuzz {
                 }
             }
         }
+        if self.cases % 10_000 == 0 {
+            eprintln!(
+                "fuzz_http: {} exchanges in {:.0?}, {} series",
+                self.cases,
+                self.started.elapsed(),
+                self.last.len()
+            );
+        }
         if self.cases % 25 == 0 {
             let healthy = http::try_get(&format!("http://127.0.0.1:{}/-/healthy", self.port));
             if healthy.as_ref().map(|r| r.status) != Some(200) {
@@ -2045,7 +2162,7 @@ impl Fuzz {
             (t.accepted + t.duplicate + t.ignored) as f64,
             "200s counted against 200s read: {t:?}"
         );
-        for code in [400, 405, 413, 415, 422, 503] {
+        for code in CODES.into_iter().filter(|c| *c != 200) {
             assert_eq!(
                 sample(&s, &samples::requests_total(code)),
                 t.by_code.get(&code).copied().unwrap_or(0) as f64,
@@ -2056,6 +2173,7 @@ impl Fuzz {
             ("accepted", t.accepted),
             ("duplicate", t.duplicate),
             ("ignored", t.ignored),
+            ("refused", t.refused),
         ] {
             let counted: f64 = EVENTS.iter().map(|e| events(&s, e, result)).sum();
             assert_eq!(counted, read as f64, "events {result} against answers read");
@@ -2076,7 +2194,7 @@ impl Fuzz {
         // The clean organization's runs are exactly the model's.
         let clean = &self.clean;
         let of_clean = |name: &str| -> f64 {
-            samples::labelled(&s, name)
+            labelled(&s, name)
                 .into_iter()
                 .filter(|(l, _)| l["organization_id"] == CLEAN_ORG.to_string())
                 .map(|(_, v)| v)
@@ -2133,12 +2251,15 @@ fn cases_to_run() -> u32 {
     }
 }
 
-fn fuzz(exporter: &Exporter) {
+/// Runs the cases against `exporter` (which takes `TOKEN` if `token`).
+fn fuzz(exporter: &Exporter, token: bool) {
     let cases = cases_to_run();
     let started = Instant::now();
-    let fuzz = RefCell::new(Fuzz {
+    let mut fuzz = Fuzz {
         port: exporter.port(),
         pid: exporter.pid(),
+        token,
+        started,
         last: exporter.samples(),
         total: Tally::default(),
         clean: CleanModel::default(),
@@ -2147,7 +2268,21 @@ fn fuzz(exporter: &Exporter) {
         responses: BTreeMap::new(),
         first_failure: None,
         dead: false,
-    });
+    };
+    // The clean cases' projects and load tests first, before the fuzz
+    // reaches the caps.
+    for _ in 0..12 {
+        let warm_up = Clean {
+            k6: false,
+            op: 0,
+            pick: 0,
+            benign: Vec::new(),
+        };
+        if let Err(e) = fuzz.run(&Case::Clean(warm_up)) {
+            panic!("a clean start before the fuzz: {e}");
+        }
+    }
+    let fuzz = RefCell::new(fuzz);
     let mut runner = TestRunner::new(Config {
         cases,
         failure_persistence: Some(Box::new(FileFailurePersistence::Direct(concat!(
@@ -2173,10 +2308,12 @@ fn fuzz(exporter: &Exporter) {
     });
     let fuzz = fuzz.into_inner();
     eprintln!(
-        "fuzz_http: {} exchanges ({cases} cases) in {:.1?}, {} series at the end; {} needed the filler; statuses {:?}; webhook answers {:?}",
+        "fuzz_http: {} exchanges ({cases} cases) in {:.1?}, {} series ({} projects, {} load tests) at the end; {} needed the filler; statuses {:?}; webhook answers {:?}",
         fuzz.cases,
         started.elapsed(),
         fuzz.last.len(),
+        labelled(&fuzz.last, "loadimpact_test_runs_running").len(),
+        labelled(&fuzz.last, "loadimpact_load_test_info").len(),
         fuzz.filled,
         fuzz.responses,
         fuzz.total
@@ -2192,6 +2329,18 @@ fn fuzz(exporter: &Exporter) {
 
 #[test]
 fn malformed_requests_get_clean_answers_and_move_only_what_they_acknowledge() {
-    let exporter = Exporter::start(&[]);
-    fuzz(&exporter);
+    let exporter = Exporter::builder().args(caps()).start();
+    fuzz(&exporter, false);
+}
+
+#[test]
+fn with_a_token_only_requests_that_carry_it_move_anything() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let tokens = dir.path().join("tokens");
+    std::fs::write(&tokens, format!("{TOKEN}\n")).expect("write the token file");
+    let exporter = Exporter::builder()
+        .args(caps())
+        .arg(format!("--webhook.token-file={}", tokens.display()))
+        .start();
+    fuzz(&exporter, true);
 }
