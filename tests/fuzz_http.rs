@@ -7,18 +7,23 @@
 //! mutated at every level (JSON values, body bytes, headers, framing, method,
 //! path, version, the raw request), a clean delivery whose answer is known in
 //! advance, or random bytes. Per case it proves: every answer is a
-//! well-formed HTTP response (or the connection closes), none is a 5xx but
-//! 503, nothing hangs, the process lives and `/-/healthy` answers 200; and
-//! every run metric moved exactly as the answers imply: the webhook counters
-//! moved by the answers the client read (by code and result), the run
-//! counters by the accepted (and ignored) events the webhook counters then
-//! show, and nothing but the request and duplicate counters moved when no
-//! answer accepted anything. A clean case must get its predicted answer and
-//! move exactly its own project's series. At the end the totals equal what
-//! the client read, the runs API agrees with the clean runs, and
-//! `promtool check metrics` accepts the scrape.
+//! well-formed HTTP response, none is a 5xx but 503, nothing hangs, no
+//! request whose body was read goes unanswered, the process lives and
+//! `/-/healthy` answers 200; every run metric moved exactly as the answers
+//! imply (the webhook counters by the answers the client read, by code and
+//! result; the run counters by the accepted and ignored events the webhook
+//! counters then show; nothing but the request, duplicate and refusal
+//! counters when no answer accepted anything); and the projects and load
+//! tests with series stay within the caps. A clean case must get its
+//! predicted answer and move exactly its own project's series. At the end
+//! the totals equal what the client read, the runs API agrees with the clean
+//! runs, and `promtool check metrics` accepts the scrape.
 //!
-//! `FUZZ_HTTP_CASES` sets the number of cases (default below, for CI).
+//! The second test runs the same with a webhook token: a request whose bytes
+//! do not carry it gets no webhook answer but 401, so it moves no run metric.
+//!
+//! `FUZZ_HTTP_CASES` sets the number of cases of each test (default below,
+//! for CI).
 
 mod support;
 
