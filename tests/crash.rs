@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 use support::deliveries::{k6_headers, Delivery, Run};
 use support::exporter::{api_run, Exporter};
-use support::samples::{is_per_process, labelled, sample, Samples, OUTCOMES};
+use support::samples::{labelled, sample, Samples, OUTCOMES};
 
 const POSTERS: u64 = 4;
 const ROUNDS: usize = 8;
@@ -209,22 +209,6 @@ fn by_project(s: &Samples, name: &str, project: u64) -> f64 {
         })
         .map(|(_, v)| v)
         .sum()
-}
-
-/// The exposition as text, less the process's own telemetry: every line
-/// (HELP, TYPE and samples) of every `loadimpact_*` family.
-fn state_exposition(exporter: &Exporter) -> Vec<String> {
-    exporter
-        .scrape()
-        .lines()
-        .filter(|line| {
-            let name = line
-                .trim_start_matches("# HELP ")
-                .trim_start_matches("# TYPE ");
-            name.starts_with("loadimpact_") && !is_per_process(name)
-        })
-        .map(str::to_owned)
-        .collect()
 }
 
 #[test]
@@ -458,11 +442,11 @@ fn kill_9_under_concurrent_posters_loses_no_acknowledged_delivery_and_retries_co
     );
 
     // And a SIGTERM restart changes no byte of it.
-    let before = state_exposition(&exporter);
+    let before = exporter.state_exposition();
     let status = exporter.terminate();
     assert!(status.success(), "SIGTERM exit status: {status}");
     exporter.restart();
-    let after = state_exposition(&exporter);
+    let after = exporter.state_exposition();
     let gone: Vec<&String> = before.iter().filter(|l| !after.contains(l)).collect();
     let new: Vec<&String> = after.iter().filter(|l| !before.contains(l)).collect();
     assert!(

@@ -151,23 +151,6 @@ fn kill_9_and_sigterm_restarts_keep_every_metric_exactly() {
     assert!(api_run(&api, "running", 3001).is_some(), "{api}");
 }
 
-/// The exposition as text, less the process's own telemetry: every line
-/// (HELP, TYPE and samples) of every `loadimpact_*` family that the webhooks
-/// produced.
-fn webhook_exposition(exporter: &Exporter) -> Vec<String> {
-    exporter
-        .scrape()
-        .lines()
-        .filter(|line| {
-            let name = line
-                .trim_start_matches("# HELP ")
-                .trim_start_matches("# TYPE ");
-            name.starts_with("loadimpact_") && !is_per_process(name)
-        })
-        .map(str::to_owned)
-        .collect()
-}
-
 #[test]
 fn every_sample_reads_byte_for_byte_the_same_after_restarts() {
     let mut exporter = Exporter::start(&[]);
@@ -193,7 +176,7 @@ fn every_sample_reads_byte_for_byte_the_same_after_restarts() {
             exporter.post_expect(&run.finished(status, text), "accepted");
         }
     }
-    let before = webhook_exposition(&exporter);
+    let before = exporter.state_exposition();
     let sums = before
         .iter()
         .filter(|l| l.starts_with("loadimpact_test_run_duration_seconds_sum"))
@@ -202,7 +185,7 @@ fn every_sample_reads_byte_for_byte_the_same_after_restarts() {
 
     for how in STOPS {
         stop_and_restart(&mut exporter, how);
-        let after = webhook_exposition(&exporter);
+        let after = exporter.state_exposition();
         assert_same_lines(&before, &after, &format!("after {how:?}"));
     }
 }

@@ -432,6 +432,22 @@ impl Exporter {
         http::get_ok(&self.url("/metrics")).body
     }
 
+    /// The exposition as text, less the process's own telemetry: every line
+    /// (HELP, TYPE and samples) of every `loadimpact_*` family that the
+    /// webhooks produced.
+    pub fn state_exposition(&self) -> Vec<String> {
+        self.scrape()
+            .lines()
+            .filter(|line| {
+                let name = line
+                    .trim_start_matches("# HELP ")
+                    .trim_start_matches("# TYPE ");
+                name.starts_with("loadimpact_") && !samples::is_per_process(name)
+            })
+            .map(str::to_owned)
+            .collect()
+    }
+
     /// Every sample of the scrape whose name starts with `loadimpact_`.
     pub fn samples(&self) -> Samples {
         self.samples_at("/metrics")
