@@ -584,3 +584,80 @@ fn a_finishs_errors_are_counted_by_code_once() {
         "a refused errors list",
     );
 }
+
+#[test]
+fn a_hostile_name_and_links_are_cleaned_everywhere_they_are_shown() {
+    let receiver = Receiver::start(Protocol::Grpc);
+    let exporter = pointed_at(&receiver).start();
+    // Terminal escapes, a newline, a bidirectional override and 10,000
+    // characters: what a made-up delivery may send.
+    let hostile = format!("pay\u{1b}[31m\nment\u{202E}flow {}", "x".repeat(10_000));
+    let run = Run::new(13, 1300, 130, 777_013).named(hostile);
+    let mut started = run.k6(
+        "test.started.manual",
+        2,
+        None,
+        "2024-05-06T10:00:00Z",
+        Value::Null,
+    );
+    started["test"]["url"] = json!("javascript:alert(document.cookie)");
+    started["test"]["load_test_url"] = json!(format!("https://app.k6.io/{}", "a".repeat(5000)));
+    post_k6_expect(&exporter, &started, "accepted");
+
+    let shown = |name: &str| {
+        assert!(name.starts_with("pay [31m ment flow x"), "{name:?}");
+        assert!(!name.chars().any(char::is_control), "{name:?}");
+        assert!(!name.contains('\u{202E}'), "{name:?}");
+        assert_eq!(name.chars().count(), 200, "{name:?}");
+        assert!(name.ends_with('…'), "{name:?}");
+    };
+    // The label of the load test's info series.
+    let s = exporter.samples();
+    let info = labelled(&s, "loadimpact_load_test_info");
+    let ours: Vec<_> = info
+        .iter()
+        .filter(|(labels, _)| labels.get("load_test_id") == Some(&"130".to_owned()))
+        .collect();
+    assert_eq!(ours.len(), 1, "{info:?}");
+    shown(ours[0].0.get("name").map_or("", String::as_str));
+    // The runs API.
+    let api = support::http::get(&exporter.url("/api/v1/runs")).json();
+    let listed = support::exporter::api_run(&api, "running", run.id).expect("listed");
+    shown(listed["name"].as_str().unwrap_or_default());
+
+    let mut finished = run.k6(
+        "test.finished.finished",
+        3,
+        Some(0),
+        "2024-05-06T10:00:00Z",
+        json!("2024-05-06T10:01:00Z"),
+    );
+    finished["test"]["url"] = started["test"]["url"].clone();
+    finished["test"]["load_test_url"] = started["test"]["load_test_url"].clone();
+    post_k6_expect(&exporter, &finished, "accepted");
+    // The run's info series: no `javascript:` link, the long one cut.
+    let runs = labelled(&exporter.samples(), "loadimpact_test_run_info");
+    let ours: Vec<_> = runs
+        .iter()
+        .filter(|(labels, _)| labels.get("load_test_run_id") == Some(&run.id.to_string()))
+        .collect();
+    assert_eq!(ours.len(), 1, "{runs:?}");
+    assert!(
+        ours[0].0.get("url").is_none_or(String::is_empty),
+        "{ours:?}"
+    );
+    let link = ours[0].0.get("load_test_url").cloned().unwrap_or_default();
+    assert_eq!(link.chars().count(), 2048, "{link}");
+    // The span.
+    let spans = support::wait_for("the run's span", Duration::from_secs(20), || {
+        let spans = receiver.spans_with_trace_id(&trace_id(run.id));
+        (!spans.is_empty()).then_some(spans)
+    });
+    let attrs = attributes(&spans[0].span.attributes);
+    assert_eq!(spans.len(), 1, "{spans:#?}");
+    match attrs.get("loadimpact.test.name") {
+        Some(Attr::Str(name)) => shown(name),
+        other => panic!("loadimpact.test.name is {other:?}"),
+    }
+    assert!(!attrs.contains_key("url.full"), "{attrs:?}");
+}

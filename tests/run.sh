@@ -1,14 +1,14 @@
 #!/usr/bin/env bash
 # The whole test suite, from a fresh machine: installs the real tools the tests
 # drive (Prometheus, promtool, amtool, the Pushgateway, wrk, strace, openssl
-# and htpasswd from Debian;
+# htpasswd and redis-server from Debian;
 # kubernetes-validate, yamllint, check-jsonschema and Jinja2 from PyPI into .venv-tools),
 # then runs the format check, clippy and every test.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 need_apt=0
-for tool in prometheus promtool amtool prometheus-alertmanager prometheus-pushgateway wrk strace openssl htpasswd; do
+for tool in prometheus promtool amtool prometheus-alertmanager prometheus-pushgateway wrk strace openssl htpasswd redis-server; do
   command -v "$tool" >/dev/null 2>&1 || need_apt=1
 done
 if [ "$need_apt" = 1 ]; then
@@ -17,7 +17,7 @@ if [ "$need_apt" = 1 ]; then
   [ -x /usr/sbin/policy-rc.d ] || { printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d; chmod +x /usr/sbin/policy-rc.d; }
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
-    prometheus prometheus-alertmanager prometheus-pushgateway wrk strace openssl apache2-utils >/dev/null
+    prometheus prometheus-alertmanager prometheus-pushgateway wrk strace openssl apache2-utils redis-server >/dev/null
 fi
 
 venv=.venv-tools

@@ -10,8 +10,8 @@
 //! proxy stripped them, by its shape (see [`is_k6cloud`]).
 
 use super::{
-    header, Delivery, Event, Fields, Format, Headers, Kind, Project, RunError, RunEvent,
-    RunEventKind, Trigger, WebhookError, ID, INTEGER, STRING,
+    header, is_web_link, Delivery, Event, Fields, Format, Headers, Kind, Project, RunError,
+    RunEvent, RunEventKind, Trigger, WebhookError, ID, INTEGER, LINK, STRING, TEXT,
 };
 use crate::clock::Millis;
 use crate::outcome::Outcome;
@@ -151,7 +151,7 @@ fn errors(fields: &Fields) -> Result<Vec<RunError>, WebhookError> {
         };
         out.push(RunError {
             code: error.required("errors.code", &INTEGER)?,
-            detail: error.optional("errors.detail", &STRING)?,
+            detail: error.optional("errors.detail", &TEXT)?,
             created: time(&error, "errors.created"),
         });
     }
@@ -206,16 +206,18 @@ pub(super) fn parse(headers: &Headers<'_>, fields: &Fields) -> Result<Delivery, 
             project_id: test.required("test.project_id", &ID)?,
         },
         user_id,
-        name: test.optional("test.name", &STRING)?,
+        name: test.optional("test.name", &TEXT)?,
         status: test.required("test.status", &INTEGER)?,
-        status_text: test.optional("test.status_text", &STRING)?,
+        status_text: test.optional("test.status_text", &TEXT)?,
         format: Format::K6Cloud,
         event_outcome,
         result_failed: result == Some(1),
         reported_start: time(&test, "test.started"),
         reported_end: time(&test, "test.ended"),
-        url: test.optional("test.url", &STRING)?,
-        load_test_url: test.optional("test.load_test_url", &STRING)?,
+        url: test.optional("test.url", &LINK)?.filter(|l| is_web_link(l)),
+        load_test_url: test
+            .optional("test.load_test_url", &LINK)?
+            .filter(|l| is_web_link(l)),
         trigger,
         errors: errors(fields)?,
     };

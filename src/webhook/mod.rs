@@ -317,6 +317,70 @@ const STRING: Kind<String> = Kind {
     expected: "a string",
     convert: |v| v.as_str().map(str::to_owned),
 };
+/// A text that people read (a run's name, its status text, an error's
+/// detail), as [`clean_text`] leaves it.
+const TEXT: Kind<String> = Kind {
+    expected: "a string",
+    convert: |v| v.as_str().map(|s| clean_text(s, MAX_TEXT_CHARS)),
+};
+/// A link to a page of the service, as [`clean_text`] leaves it.
+const LINK: Kind<String> = Kind {
+    expected: "a string",
+    convert: |v| v.as_str().map(|s| clean_text(s, MAX_LINK_CHARS)),
+};
+
+/// The most characters of a name, status text or error detail that are kept.
+pub const MAX_TEXT_CHARS: usize = 200;
+/// The most characters of a link that are kept.
+pub const MAX_LINK_CHARS: usize = 2048;
+
+/// Characters that change how text is shown without being seen: C0 and C1
+/// controls (newlines and escape sequences included), zero-width and
+/// bidirectional marks, line and paragraph separators, byte order marks.
+fn is_hidden(c: char) -> bool {
+    c.is_control()
+        || matches!(c,
+            '\u{200B}'..='\u{200F}'
+            | '\u{2028}'..='\u{202E}'
+            | '\u{2060}'..='\u{206F}'
+            | '\u{FEFF}'
+            | '\u{FFF9}'..='\u{FFFB}')
+}
+
+/// `text` as it may be shown in a label, a span, a page or a log line: each
+/// run of hidden characters ([`is_hidden`]) becomes one space, the ends are
+/// trimmed, and a text longer than `max_chars` is cut to `max_chars`
+/// characters, the last of them `…`.
+pub fn clean_text(text: &str, max_chars: usize) -> String {
+    let mut out = String::with_capacity(text.len().min(max_chars.saturating_mul(4)));
+    let mut gap = false;
+    for c in text.chars() {
+        if is_hidden(c) {
+            gap = true;
+            continue;
+        }
+        if gap && !out.is_empty() {
+            out.push(' ');
+        }
+        gap = false;
+        out.push(c);
+    }
+    let out = out.trim();
+    match out.char_indices().nth(max_chars) {
+        None => out.to_owned(),
+        Some(_) => {
+            let keep: String = out.chars().take(max_chars.saturating_sub(1)).collect();
+            format!("{}…", keep.trim_end())
+        }
+    }
+}
+
+/// True for an `http` or `https` address: any other link (`javascript:`,
+/// `data:`) is dropped rather than shown.
+fn is_web_link(link: &str) -> bool {
+    let lower = link.get(..8).unwrap_or(link).to_ascii_lowercase();
+    lower.starts_with("https://") || lower.starts_with("http://")
+}
 
 /// The deepest nesting accepted, as serde_json allows when it builds values.
 const MAX_DEPTH: usize = 128;
@@ -459,9 +523,9 @@ fn run_event(kind: RunEventKind, fields: &Fields) -> Result<RunEvent, WebhookErr
             project_id: fields.required("project_id", &ID)?,
         },
         user_id: fields.optional("user_id", &ID)?,
-        name: fields.optional("name", &STRING)?,
+        name: fields.optional("name", &TEXT)?,
         status: fields.required("status", &INTEGER)?,
-        status_text: fields.optional("status_text", &STRING)?,
+        status_text: fields.optional("status_text", &TEXT)?,
         ..RunEvent::default()
     })
 }
@@ -734,5 +798,64 @@ mod tests {
             parse(Headers::default(), b"").map_err(|e| e.status()),
             Err(400)
         );
+    }
+
+    #[test]
+    fn texts_lose_hidden_characters_and_are_cut_to_length() {
+        assert_eq!(clean_text("checkout", MAX_TEXT_CHARS), "checkout");
+        assert_eq!(clean_text("  a\r\n\tb\u{1b}[31mc ", 200), "a b [31mc");
+        assert_eq!(
+            clean_text("x\u{202E}y\u{200B}\u{FEFF}z\u{85}", 200),
+            "x y z"
+        );
+        assert_eq!(clean_text("\u{0}\u{7f}", 200), "");
+        assert_eq!(clean_text("été \"flow\" ✓", 200), "été \"flow\" ✓");
+        let long = "é".repeat(1000);
+        let cut = clean_text(&long, 200);
+        assert_eq!(cut.chars().count(), 200);
+        assert!(cut.ends_with('…'));
+        assert_eq!(clean_text(&"a".repeat(200), 200), "a".repeat(200));
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn a_cleaned_text_is_short_and_shows_no_hidden_character(text in ".*", max in 1usize..300) {
+            let clean = clean_text(&text, max);
+            proptest::prop_assert!(clean.chars().count() <= max);
+            proptest::prop_assert!(!clean.chars().any(is_hidden), "{clean:?}");
+            proptest::prop_assert_eq!(clean.trim(), clean.as_str());
+            // Cleaning twice changes nothing more.
+            proptest::prop_assert_eq!(clean_text(&clean, max), clean.clone());
+        }
+    }
+
+    #[test]
+    fn names_and_status_texts_of_a_delivery_are_cleaned() {
+        let body = json!({
+            "load_test_run_id": 1, "load_test_id": 2, "organization_id": 3, "project_id": 4,
+            "status": 3, "status_text": "Finished\n", "name": format!("a\u{1b}]8;;x\u{7}{}", "n".repeat(5000)),
+        });
+        let headers = Headers {
+            event: Some("test.finished"),
+            ..Headers::default()
+        };
+        let d = parse(headers, body.to_string().as_bytes()).expect("valid");
+        let Event::Run(run) = d.event else {
+            panic!("a run event")
+        };
+        assert_eq!(run.status_text.as_deref(), Some("Finished"));
+        let name = run.name.unwrap_or_default();
+        assert_eq!(name.chars().count(), MAX_TEXT_CHARS);
+        assert!(name.starts_with("a ]8;;x n"), "{name}");
+    }
+
+    #[test]
+    fn only_web_links_are_kept() {
+        assert!(is_web_link("https://app.k6.io/runs/1"));
+        assert!(is_web_link("HTTP://x"));
+        assert!(!is_web_link("javascript:alert(1)"));
+        assert!(!is_web_link("data:text/html,x"));
+        assert!(!is_web_link("https:"));
+        assert!(!is_web_link(""));
     }
 }

@@ -80,7 +80,8 @@ pub fn sum_of(samples: &Samples, name: &str) -> f64 {
     sample(samples, name) + sum_with_prefix(samples, &format!("{name}{{"))
 }
 
-/// Parses `name{a="x",b="y"}` into its labels (no escaped quotes).
+/// Parses `name{a="x",b="y"}` into its labels, undoing the exposition
+/// format's escapes (`\\`, `\"`, `\n`) in the values.
 pub fn labels(series: &str) -> BTreeMap<String, String> {
     let inner = series
         .split_once('{')
@@ -89,12 +90,24 @@ pub fn labels(series: &str) -> BTreeMap<String, String> {
     let mut out = BTreeMap::new();
     let mut rest = inner;
     while !rest.is_empty() {
-        let (name, after) = rest.split_once("=\"").expect("label=\"value\"");
-        let end = after.find('"').expect("closing quote");
-        out.insert(
-            name.trim_start_matches(',').to_owned(),
-            after[..end].to_owned(),
-        );
+        let (name, after) = rest
+            .split_once("=\"")
+            .unwrap_or_else(|| panic!("label=\"value\" in {series}"));
+        let mut value = String::new();
+        let mut chars = after.char_indices();
+        let end = loop {
+            match chars.next() {
+                Some((i, '"')) => break i,
+                Some((_, '\\')) => match chars.next() {
+                    Some((_, 'n')) => value.push('\n'),
+                    Some((_, c)) => value.push(c),
+                    None => panic!("an escape at the end of {series}"),
+                },
+                Some((_, c)) => value.push(c),
+                None => panic!("no closing quote in {series}"),
+            }
+        };
+        out.insert(name.trim_start_matches(',').to_owned(), value);
         rest = after[end + 1..].trim_start_matches(',');
     }
     out
