@@ -32,6 +32,22 @@ pub enum Command {
     Simulate(SimulateArgs),
 }
 
+/// Where the state lives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Backend {
+    Embedded,
+    Redis,
+}
+
+/// A lease of at least a second (it is renewed every third of it).
+fn parse_lease(text: &str) -> Result<Duration, String> {
+    let lease = parse_duration(text)?;
+    if lease < Duration::from_secs(1) {
+        return Err("the lease must be at least 1s".into());
+    }
+    Ok(lease)
+}
+
 /// Log line format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {
@@ -192,13 +208,80 @@ pub struct ServerArgs {
     )]
     pub max_body_bytes: usize,
 
-    /// Directory of the embedded database that holds the state.
+    /// Directory of the embedded database that holds the state (with the
+    /// Redis backend: this replica's snapshot of it).
     #[arg(
         long = "storage.path",
         env = "LOADIMPACT_EXPORTER_STORAGE_PATH",
         default_value = "./data"
     )]
     pub storage_path: PathBuf,
+
+    /// Where the state lives: `embedded` (one process, its own database) or
+    /// `redis` (several replicas sharing one log in Redis).
+    #[arg(
+        long = "storage.backend",
+        env = "LOADIMPACT_EXPORTER_STORAGE_BACKEND",
+        value_enum,
+        default_value_t = Backend::Embedded
+    )]
+    pub storage_backend: Backend,
+
+    /// Redis URL for `--storage.backend=redis` (`redis://[:password@]host:port[/db]`,
+    /// `rediss://` for TLS). Better from the environment or
+    /// `--storage.redis-url-file`, which `ps` does not show.
+    #[arg(
+        long = "storage.redis-url",
+        env = "LOADIMPACT_EXPORTER_REDIS_URL",
+        hide_env_values = true
+    )]
+    pub redis_url: Option<String>,
+
+    /// A file holding the Redis URL (a mounted Secret); read at start.
+    #[arg(
+        long = "storage.redis-url-file",
+        env = "LOADIMPACT_EXPORTER_REDIS_URL_FILE"
+    )]
+    pub redis_url_file: Option<PathBuf>,
+
+    /// Prefix of every Redis key of this exporter's log (replicas that share
+    /// one state share the prefix).
+    #[arg(
+        long = "storage.redis-prefix",
+        env = "LOADIMPACT_EXPORTER_REDIS_PREFIX",
+        default_value = "loadimpact-exporter"
+    )]
+    pub redis_prefix: String,
+
+    /// Answer a delivery only once this many Redis replicas have its entry
+    /// too (Redis `WAIT`); 0 trusts the primary alone.
+    #[arg(
+        long = "storage.redis-wait-replicas",
+        env = "LOADIMPACT_EXPORTER_REDIS_WAIT_REPLICAS",
+        default_value_t = 0
+    )]
+    pub redis_wait_replicas: u32,
+
+    /// Time to live of the lease that makes one replica tick the clock,
+    /// export spans and snapshot the state; another takes over this long
+    /// after its holder stops.
+    #[arg(
+        long = "storage.redis-lease",
+        env = "LOADIMPACT_EXPORTER_REDIS_LEASE",
+        default_value = "10s",
+        value_parser = parse_lease
+    )]
+    pub redis_lease: Duration,
+
+    /// How often the lease holder puts the whole state in Redis (then trims
+    /// the log up to it).
+    #[arg(
+        long = "storage.redis-snapshot-interval",
+        env = "LOADIMPACT_EXPORTER_REDIS_SNAPSHOT_INTERVAL",
+        default_value = "60s",
+        value_parser = parse_duration
+    )]
+    pub redis_snapshot_interval: Duration,
 
     /// A run with no finish event is taken off `running` (and counted as
     /// expired) after this long.
@@ -284,6 +367,40 @@ impl ServerArgs {
     /// `--web.webhook-config.file`, unless unset or empty.
     pub fn webhook_config_file(&self) -> Option<&Path> {
         nonempty_path(&self.webhook_config_file)
+    }
+
+    /// The Redis backend's settings: `None` for the embedded store.
+    pub fn replica(&self) -> anyhow::Result<Option<crate::replica::Settings>> {
+        if self.storage_backend != Backend::Redis {
+            return Ok(None);
+        }
+        let url = match (&self.redis_url, &self.redis_url_file) {
+            (Some(_), Some(_)) => anyhow::bail!(
+                "set --storage.redis-url or --storage.redis-url-file, not both"
+            ),
+            (Some(url), None) => url.trim().to_owned(),
+            (None, Some(file)) => std::fs::read_to_string(file)
+                .map_err(|e| anyhow::anyhow!("--storage.redis-url-file {}: {e}", file.display()))?
+                .trim()
+                .to_owned(),
+            (None, None) => anyhow::bail!(
+                "--storage.backend=redis needs --storage.redis-url, --storage.redis-url-file or LOADIMPACT_EXPORTER_REDIS_URL"
+            ),
+        };
+        if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
+            anyhow::bail!(
+                "the Redis URL must start with redis:// or rediss:// (got {})",
+                crate::replica::redacted(&url)
+            );
+        }
+        Ok(Some(crate::replica::Settings {
+            url,
+            prefix: self.redis_prefix.clone(),
+            wait_replicas: self.redis_wait_replicas,
+            lease: self.redis_lease,
+            snapshot_interval: self.redis_snapshot_interval,
+            replica_id: crate::replica::default_replica_id(),
+        }))
     }
 
     /// The state machine's settings.

@@ -36,11 +36,13 @@ mod access;
 mod clock;
 pub mod config;
 mod http;
+mod ingest;
 mod listen;
 pub mod logging;
 mod metrics;
 mod otel;
 mod outcome;
+mod replica;
 pub mod server;
 #[cfg(feature = "simulate")]
 pub mod simulate;

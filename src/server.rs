@@ -6,6 +6,7 @@ use crate::access::{Allowlist, Reload, Tokens, TOKEN_ENV};
 use crate::clock::now_millis;
 use crate::config::ServerArgs;
 use crate::http::{App, Role, Throttles};
+use crate::ingest::Ingest;
 use crate::listen::{Accepted, Limits, ListenMetrics, Listener};
 use crate::state::Input;
 use crate::store::{RedbStore, Store};
@@ -33,6 +34,7 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         )?)),
         None => None,
     };
+    let replica_settings = args.replica()?;
     let store = RedbStore::open(&args.storage_path)
         .with_context(|| format!("opening the store in {}", args.storage_path.display()))?;
     let state = store.load().context("reading the store")?;
@@ -51,10 +53,26 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         ))
         .context("registering the process collector")?;
     let writer_metrics = WriterMetrics::register(&registry).context("registering metrics")?;
-    let (writer, writer_thread) = writer::spawn(Box::new(store), shared.clone(), writer_metrics)
-        .context("starting the store writer")?;
+    let (writer, writer_thread) = writer::spawn(
+        Box::new(store),
+        shared.clone(),
+        writer_metrics,
+        replica_settings.is_some(),
+    )
+    .context("starting the store writer")?;
 
-    let clock = {
+    // With Redis, every input goes through the shared log, and the lease
+    // holder ticks the clock there; otherwise straight to the writer.
+    let (ingest, replica) = match replica_settings {
+        Some(settings) => {
+            let replica =
+                crate::replica::Replica::start(settings, shared.clone(), writer.clone(), &registry)
+                    .await?;
+            (Ingest::Log(replica.log.clone()), Some(replica))
+        }
+        None => (Ingest::Local(writer.clone()), None),
+    };
+    let clock = replica.is_none().then(|| {
         let writer = writer.clone();
         tokio::spawn(async move {
             let mut interval = tokio::time::interval(TICK);
@@ -70,7 +88,7 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
                 }
             }
         })
-    };
+    });
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let span_export = if args.otlp.enabled() {
@@ -84,7 +102,7 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         Some(tokio::spawn(crate::otel::export_loop(
             exporter,
             shared.clone(),
-            writer.clone(),
+            ingest.clone(),
             args.otlp.batch_size as usize,
             args.otlp.max_backoff,
             stop_rx,
@@ -149,9 +167,10 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         tracing::info!(tokens = tokens.count(), from = %tokens.origin(), "the webhook takes a token");
     }
     let token_reload = tokio::spawn(reload_tokens(tokens.clone()));
+    drop(writer);
     let app = Arc::new(App {
         shared: shared.clone(),
-        writer,
+        writer: ingest,
         registry,
         telemetry_path: args.telemetry_path.clone(),
         webhook_path: args.webhook_path.clone(),
@@ -189,8 +208,10 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
     {
         tracing::warn!("in-flight requests did not finish in {DRAIN:?}; closing anyway");
     }
-    clock.abort();
-    let _ = clock.await;
+    if let Some(clock) = clock {
+        clock.abort();
+        let _ = clock.await;
+    }
     token_reload.abort();
     // Let an export in flight finish and record its acknowledgement.
     let _ = stop_tx.send(true);
@@ -198,6 +219,9 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         if tokio::time::timeout(DRAIN, task).await.is_err() {
             tracing::warn!("span export did not stop in time");
         }
+    }
+    if let Some(replica) = replica {
+        replica.stop().await;
     }
     // The writer stops once the last handle is gone: it commits what is left
     // and closes the store.

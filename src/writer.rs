@@ -14,7 +14,7 @@
 
 use crate::clock::Millis;
 use crate::state::{Applied, Changes, CounterKey, Input, Key, Machine, State, Wanted};
-use crate::store::Store;
+use crate::store::{Position, Store};
 use crate::webhook::Delivery;
 use prometheus::{Histogram, HistogramOpts, IntCounter, Registry};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -34,6 +34,14 @@ pub struct Shared {
     store_failed: AtomicBool,
     /// Woken after a commit that put spans in the outbox.
     pub outbox_notify: Notify,
+    /// With a shared log: whether the log answers (false: not ready).
+    log_ok: AtomicBool,
+    /// With a shared log: whether this process holds the lease that makes
+    /// it the one to export spans. Always true without a shared log.
+    exports_spans: AtomicBool,
+    /// Set when a commit of log entries failed and the state went back to
+    /// the store's: the log must be read again from the stored position.
+    pub resync: AtomicBool,
 }
 
 impl Shared {
@@ -44,6 +52,9 @@ impl Shared {
             ready: AtomicBool::new(false),
             store_failed: AtomicBool::new(false),
             outbox_notify: Notify::new(),
+            log_ok: AtomicBool::new(true),
+            exports_spans: AtomicBool::new(true),
+            resync: AtomicBool::new(false),
         }
     }
 
@@ -65,9 +76,23 @@ impl Shared {
         !self.store_failed.load(Ordering::Acquire)
     }
 
-    /// True while the writer is running and the store took its last commit.
+    /// True while the writer is running, the store took its last commit and
+    /// (with a shared log) the log answers.
     pub fn is_ready(&self) -> bool {
-        self.ready.load(Ordering::Acquire)
+        self.ready.load(Ordering::Acquire) && self.log_ok.load(Ordering::Acquire)
+    }
+
+    /// Whether this process is the one to export the spans in the outbox.
+    pub fn exports_spans(&self) -> bool {
+        self.exports_spans.load(Ordering::Acquire)
+    }
+
+    pub fn set_exports_spans(&self, exports: bool) {
+        self.exports_spans.store(exports, Ordering::Release);
+    }
+
+    pub fn set_log_ok(&self, ok: bool) {
+        self.log_ok.store(ok, Ordering::Release);
     }
 }
 
@@ -81,23 +106,60 @@ pub enum WriteError {
 }
 
 /// Where a delivery's answer goes: what it decided, once durable.
-type AppliedReply = oneshot::Sender<Result<Applied, WriteError>>;
+pub type AppliedReply = oneshot::Sender<Result<Applied, WriteError>>;
 /// Where another input's answer goes, once durable.
-type StoredReply = oneshot::Sender<Result<(), WriteError>>;
+pub type StoredReply = oneshot::Sender<Result<(), WriteError>>;
 
 /// One request to the writer.
 enum Request {
-    /// A valid delivery received at `at`.
+    /// A valid delivery received at `at` (at `position` of the shared log).
     Webhook {
         delivery: Delivery,
         at: Millis,
         reply: AppliedReply,
+        position: Option<Position>,
     },
     /// Any other input; answered once durable if `reply` is set.
     Other {
         input: Input,
         reply: Option<StoredReply>,
+        position: Option<Position>,
     },
+    /// Not an input: an operation on the store as a whole.
+    Control(Control),
+}
+
+/// Operations on the whole store, for a replica following a shared log.
+enum Control {
+    /// Replace everything by a snapshot taken at `position`.
+    Replace {
+        state: Box<State>,
+        position: Position,
+        reply: StoredReply,
+    },
+    /// Everything stored (cold entries included), with its position.
+    Dump {
+        reply: oneshot::Sender<Result<(State, Option<Position>), WriteError>>,
+    },
+    /// The position the store reflects.
+    Position {
+        reply: oneshot::Sender<Result<Option<Position>, WriteError>>,
+    },
+}
+
+/// Where the answer to an input read from the shared log goes: to the
+/// request that appended it, when that request came to this process.
+pub enum Reply {
+    None,
+    Applied(AppliedReply),
+    Stored(StoredReply),
+}
+
+/// An input read from the shared log, at its position.
+pub struct Logged {
+    pub input: Input,
+    pub position: Position,
+    pub reply: Reply,
 }
 
 /// A request applied and waiting for its group's commit.
@@ -185,6 +247,7 @@ impl WriterHandle {
             delivery,
             at,
             reply,
+            position: None,
         };
         self.tx
             .send(request)
@@ -199,6 +262,7 @@ impl WriterHandle {
         let request = Request::Other {
             input,
             reply: Some(reply),
+            position: None,
         };
         self.tx
             .send(request)
@@ -209,17 +273,99 @@ impl WriterHandle {
 
     /// Sends `input` without waiting for its commit (clock ticks).
     pub async fn send(&self, input: Input) -> Result<(), WriteError> {
-        let request = Request::Other { input, reply: None };
+        let request = Request::Other {
+            input,
+            reply: None,
+            position: None,
+        };
         self.tx.send(request).await.map_err(|_| WriteError::Closed)
+    }
+
+    /// Applies inputs read from the shared log, in order; each is answered
+    /// (to its `reply`) once committed with its position.
+    pub async fn apply_logged(&self, entries: Vec<Logged>) -> Result<(), WriteError> {
+        for entry in entries {
+            let position = Some(entry.position);
+            let request = match (entry.input, entry.reply) {
+                (
+                    Input::Webhook {
+                        request_ids,
+                        event,
+                        at,
+                    },
+                    reply,
+                ) => Request::Webhook {
+                    delivery: Delivery { request_ids, event },
+                    at,
+                    reply: match reply {
+                        Reply::Applied(reply) => reply,
+                        _ => oneshot::channel().0,
+                    },
+                    position,
+                },
+                (input, reply) => Request::Other {
+                    input,
+                    reply: match reply {
+                        Reply::Stored(reply) => Some(reply),
+                        _ => None,
+                    },
+                    position,
+                },
+            };
+            self.tx
+                .send(request)
+                .await
+                .map_err(|_| WriteError::Closed)?;
+        }
+        Ok(())
+    }
+
+    /// Replaces the whole state by a snapshot taken at `position`.
+    pub async fn replace(&self, state: State, position: Position) -> Result<(), WriteError> {
+        let (reply, answer) = oneshot::channel();
+        self.control(Control::Replace {
+            state: Box::new(state),
+            position,
+            reply,
+        })
+        .await?;
+        answer.await.map_err(|_| WriteError::Closed)?
+    }
+
+    /// The whole stored state, cold entries included, with its position.
+    pub async fn dump(&self) -> Result<(State, Option<Position>), WriteError> {
+        let (reply, answer) = oneshot::channel();
+        self.control(Control::Dump { reply }).await?;
+        answer.await.map_err(|_| WriteError::Closed)?
+    }
+
+    /// The shared log's position the stored state reflects.
+    pub async fn position(&self) -> Result<Option<Position>, WriteError> {
+        let (reply, answer) = oneshot::channel();
+        self.control(Control::Position { reply }).await?;
+        answer.await.map_err(|_| WriteError::Closed)?
+    }
+
+    async fn control(&self, control: Control) -> Result<(), WriteError> {
+        self.tx
+            .send(Request::Control(control))
+            .await
+            .map_err(|_| WriteError::Closed)
     }
 }
 
 /// Starts the writer thread. It runs until every [`WriterHandle`] is dropped,
 /// then commits what is left and closes the store.
+///
+/// With `replicated`, every input comes from the shared log: a failed
+/// commit sends the log's reader back to the stored position
+/// ([`Shared::resync`]) instead of counting 503s here, since the log, not
+/// this process, decides what every replica counts.
 pub fn spawn(
     store: Box<dyn Store>,
     shared: Arc<Shared>,
     metrics: WriterMetrics,
+    replicated: bool,
 ) -> std::io::Result<(WriterHandle, std::thread::JoinHandle<()>)> {
     let (tx, rx) = mpsc::channel(MAX_GROUP * 4);
     shared.ready.store(true, Ordering::Release);
@@ -229,6 +375,8 @@ pub fn spawn(
         metrics,
         carried: Changes::default(),
         unstored_503s: 0,
+        replicated,
+        applied: None,
     };
     let thread = std::thread::Builder::new()
         .name("store-writer".into())
@@ -247,21 +395,42 @@ struct Writer {
     carried: Changes,
     /// 503 answers not yet in the store; re-applied after every reload.
     unstored_503s: u64,
+    /// Inputs come from the shared log (see [`spawn`]).
+    replicated: bool,
+    /// With a shared log: the position the state in memory reflects. Entries
+    /// are applied in the log's order without a gap: one that does not come
+    /// next is refused and the log re-read ([`Shared::resync`]).
+    applied: Option<Position>,
 }
 
 impl Writer {
     /// Takes every group off the channel until it closes, then stores what
     /// is left over.
     fn run(mut self, mut rx: mpsc::Receiver<Request>) {
+        if self.replicated {
+            self.applied = self.stored_position();
+        }
         while let Some(first) = rx.blocking_recv() {
-            let mut group = vec![first];
-            while group.len() < MAX_GROUP {
-                match rx.try_recv() {
-                    Ok(request) => group.push(request),
-                    Err(_) => break,
+            let mut group = Vec::new();
+            let mut next = Some(first);
+            while let Some(request) = next.take() {
+                match request {
+                    // Whole-store operations run between groups.
+                    Request::Control(control) => {
+                        if !group.is_empty() {
+                            self.group(std::mem::take(&mut group));
+                        }
+                        self.control(control);
+                    }
+                    request => group.push(request),
+                }
+                if group.len() < MAX_GROUP {
+                    next = rx.try_recv().ok();
                 }
             }
-            self.group(group);
+            if !group.is_empty() {
+                self.group(group);
+            }
         }
         self.shared.ready.store(false, Ordering::Release);
         if !self.carried.is_empty() {
@@ -277,6 +446,10 @@ impl Writer {
     /// applies every input in order, commits once, drops the cold entries
     /// again, and answers each request only then.
     fn group(&mut self, group: Vec<Request>) {
+        let group = self.in_order(group);
+        if group.is_empty() {
+            return;
+        }
         let started = Instant::now();
         let group_len = group.len();
         let shared = self.shared.clone();
@@ -284,18 +457,30 @@ impl Writer {
         let mut wanted = Wanted::default();
         let mut tick = None;
         let mut webhooks = 0;
+        let mut position = None;
         for request in &group {
             match request {
-                Request::Webhook { delivery, .. } => {
+                Request::Webhook {
+                    delivery,
+                    position: at,
+                    ..
+                } => {
                     wanted.add_delivery(&delivery.request_ids, &delivery.event);
                     webhooks += 1;
+                    position = position.max(*at);
                 }
-                Request::Other { input, .. } => {
+                Request::Other {
+                    input,
+                    position: at,
+                    ..
+                } => {
                     wanted.add(input);
                     if let Input::Tick { now } = input {
                         tick = tick.max(Some(*now));
                     }
+                    position = position.max(*at);
                 }
+                Request::Control(_) => {}
             }
         }
         if let Err(e) = self.store.fetch(&mut state, &wanted) {
@@ -308,6 +493,7 @@ impl Writer {
                     Request::Other { reply, .. } => {
                         reply.map(|reply| reply.send(Err(error.clone())));
                     }
+                    Request::Control(_) => {}
                 }
             }
             return;
@@ -321,6 +507,7 @@ impl Writer {
                     delivery,
                     at,
                     reply,
+                    ..
                 } => {
                     let applied = shared.machine.apply_webhook(
                         &mut state,
@@ -331,25 +518,30 @@ impl Writer {
                     );
                     replies.push(Pending::Applied(reply, applied));
                 }
-                Request::Other { input, reply } => {
+                Request::Other { input, reply, .. } => {
                     shared.machine.apply(&mut state, input, &mut changes);
                     replies.extend(reply.map(Pending::Stored));
                 }
+                Request::Control(_) => {}
             }
         }
-        if changes.is_empty() {
+        if changes.is_empty() && position.is_none() {
+            // Nothing to store (and no position to move).
             self.settle(&mut state, &wanted, &changes, tick);
             drop(state);
             answer(replies, Ok(()));
             return;
         }
-        if let Err(e) = self.store.commit(&state, &changes) {
+        if let Err(e) = self.store.commit_at(&state, &changes, position.as_ref()) {
             let error = self.failed(&mut state, changes, webhooks, group_len, e);
             drop(state);
             answer(replies, Err(error));
             return;
         }
         self.unstored_503s = 0;
+        if position.is_some() {
+            self.applied = position;
+        }
         self.settle(&mut state, &wanted, &changes, tick);
         let dropped = state
             .counter(&CounterKey::SpansDropped)
@@ -408,8 +600,20 @@ impl Writer {
     ) -> WriteError {
         self.metrics.failures.inc();
         tracing::error!(error = %e, inputs, "commit failed; answering 503 so the senders retry");
-        self.unstored_503s += webhooks;
         changes.undo(state);
+        if self.replicated {
+            // The inputs are in the log: read them again once the store is back.
+            if let Ok(durable) = self.store.recover() {
+                *state = durable;
+                self.shared.store_failed.store(false, Ordering::Release);
+            } else {
+                self.shared.store_failed.store(true, Ordering::Release);
+            }
+            self.applied = self.stored_position();
+            self.shared.resync.store(true, Ordering::Release);
+            return WriteError::Store(e.to_string());
+        }
+        self.unstored_503s += webhooks;
         match self.store.recover() {
             Ok(durable) => {
                 *state = durable;
@@ -431,6 +635,95 @@ impl Writer {
                 .apply(state, Input::Rejected { code: 503 }, &mut self.carried);
         }
         WriteError::Store(e.to_string())
+    }
+}
+
+impl Writer {
+    /// The position the store reflects (`None` on an error: the log is then
+    /// taken from its start, which the next entry's check refuses, and the
+    /// reader re-reads).
+    fn stored_position(&self) -> Option<Position> {
+        self.store.position().unwrap_or_else(|e| {
+            tracing::error!(error = %e, "cannot read the log position from the store");
+            None
+        })
+    }
+
+    /// The requests of `group` that may be applied: every input of this
+    /// process, and the log's entries that continue the log from
+    /// [`Writer::applied`]. Any other entry (one already applied, or one
+    /// after a gap) is answered with an error and the log re-read from the
+    /// stored position.
+    fn in_order(&mut self, group: Vec<Request>) -> Vec<Request> {
+        let mut next = self.applied.map_or(1, |p| p.ordinal + 1);
+        let mut kept = Vec::with_capacity(group.len());
+        for request in group {
+            let position = match &request {
+                Request::Webhook { position, .. } | Request::Other { position, .. } => *position,
+                Request::Control(_) => None,
+            };
+            match position {
+                Some(p) if p.ordinal != next => {
+                    if !self.shared.resync.swap(true, Ordering::AcqRel) {
+                        tracing::warn!(
+                            expected = next,
+                            got = p.ordinal,
+                            "a log entry out of order; reading the log again from the stored position"
+                        );
+                    }
+                    let error = WriteError::Store("the log is being read again".into());
+                    match request {
+                        Request::Webhook { reply, .. } => drop(reply.send(Err(error))),
+                        Request::Other { reply, .. } => {
+                            reply.map(|reply| reply.send(Err(error)));
+                        }
+                        Request::Control(_) => {}
+                    }
+                }
+                Some(_) => {
+                    next += 1;
+                    kept.push(request);
+                }
+                None => kept.push(request),
+            }
+        }
+        kept
+    }
+
+    /// Runs one whole-store operation.
+    fn control(&mut self, control: Control) {
+        match control {
+            Control::Replace {
+                state,
+                position,
+                reply,
+            } => {
+                let result = self
+                    .store
+                    .replace(&state, &position)
+                    .and_then(|()| self.store.load());
+                let outcome = match result {
+                    Ok(hot) => {
+                        *self.shared.write() = hot;
+                        self.applied = Some(position);
+                        Ok(())
+                    }
+                    Err(e) => Err(WriteError::Store(e.to_string())),
+                };
+                let _ = reply.send(outcome);
+            }
+            Control::Dump { reply } => {
+                let dump = self
+                    .store
+                    .load_all()
+                    .and_then(|state| Ok((state, self.store.position()?)));
+                let _ = reply.send(dump.map_err(|e| WriteError::Store(e.to_string())));
+            }
+            Control::Position { reply } => {
+                let position = self.store.position();
+                let _ = reply.send(position.map_err(|e| WriteError::Store(e.to_string())));
+            }
+        }
     }
 }
 
@@ -482,7 +775,7 @@ mod tests {
         let shared = Arc::new(Shared::new(State::default(), Machine::default()));
         let metrics = WriterMetrics::register(&Registry::new()).expect("metrics");
         let (handle, thread) =
-            spawn(Box::new(store), shared.clone(), metrics).expect("spawn writer");
+            spawn(Box::new(store), shared.clone(), metrics, false).expect("spawn writer");
         (handle, shared, thread)
     }
 

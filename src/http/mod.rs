@@ -1,15 +1,17 @@
 //! HTTP routing: thin. Each handler reads the request, hands it to the parser
 //! or the writer, and turns the answer into a response. No state is changed
-//! here; the only write path is `writer::WriterHandle::submit`.
+//! here; the only write path is `ingest::Ingest` (the local writer, or the
+//! shared log).
 
 mod api;
 mod landing;
 
 use crate::access::{Allowlist, Tokens};
 use crate::clock::now_millis;
+use crate::ingest::Ingest;
 use crate::state::{EventResult, Input};
 use crate::webhook::{self, Headers, WebhookError};
-use crate::writer::{Shared, WriterHandle};
+use crate::writer::Shared;
 use bytes::Bytes;
 use flate2::write::GzEncoder;
 use http_body_util::{BodyExt, Full, Limited};
@@ -27,7 +29,7 @@ use std::sync::Arc;
 /// Everything a request handler needs.
 pub struct App {
     pub shared: Arc<Shared>,
-    pub writer: WriterHandle,
+    pub writer: Ingest,
     pub registry: prometheus::Registry,
     pub telemetry_path: String,
     pub webhook_path: String,

@@ -4,8 +4,9 @@
 
 use super::span::{resource, span_data};
 use crate::config::{OtlpArgs, OtlpProtocol};
+use crate::ingest::Ingest;
 use crate::state::{Input, SpanRecord};
-use crate::writer::{Shared, WriteError, WriterHandle};
+use crate::writer::{Shared, WriteError};
 use opentelemetry_otlp::{RetryPolicy, WithExportConfig, WithHttpConfig, WithTonicConfig};
 use opentelemetry_sdk::trace::SpanExporter as _;
 use std::sync::Arc;
@@ -76,7 +77,7 @@ fn header_map(headers: &[(String, String)]) -> anyhow::Result<hyper::http::Heade
 pub async fn export_loop(
     mut exporter: opentelemetry_otlp::SpanExporter,
     shared: Arc<Shared>,
-    writer: WriterHandle,
+    writer: Ingest,
     batch_size: usize,
     max_backoff: Duration,
     mut stop: watch::Receiver<bool>,
@@ -87,11 +88,14 @@ pub async fn export_loop(
         if *stop.borrow() {
             break;
         }
+        // With several replicas, only the lease holder exports, once it
+        // has caught up with the log.
+        let exports = shared.exports_spans() && shared.is_ready();
         let batch: Vec<(u64, SpanRecord)> = shared
             .read()
             .outbox
             .iter()
-            .take(batch_size)
+            .take(if exports { batch_size } else { 0 })
             .map(|(id, record)| (*id, record.clone()))
             .collect();
         if batch.is_empty() {

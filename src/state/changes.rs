@@ -47,6 +47,15 @@ pub struct Changes {
 }
 
 impl Changes {
+    /// Changes that write `keys` and cannot be undone: a store filled
+    /// anew from a whole state.
+    pub fn writing(keys: BTreeSet<Key>) -> Changes {
+        Changes {
+            keys,
+            undo: Vec::new(),
+        }
+    }
+
     pub fn is_empty(&self) -> bool {
         self.keys.is_empty()
     }

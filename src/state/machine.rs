@@ -16,7 +16,7 @@ use std::time::Duration;
 // Inputs pass through one channel and are applied at once; the webhook
 // variant is the common one, so boxing it would cost an allocation each.
 #[allow(clippy::large_enum_variant)]
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub enum Input {
     /// A valid delivery, received at `at`, with the ids that identify it.
     Webhook {
@@ -32,6 +32,9 @@ pub enum Input {
     SpansExported { run_ids: Vec<u64> },
     /// An export attempt failed; the spans stay in the outbox.
     SpanExportFailed,
+    /// An entry of the shared log that this build cannot read (written by
+    /// another version): it changes nothing, on every replica alike.
+    Unreadable,
 }
 
 /// What applying a webhook decided, for the response and the log line.
@@ -170,6 +173,7 @@ impl Machine {
                 state.bump(CounterKey::SpanExportFailures, changes);
                 None
             }
+            Input::Unreadable => None,
         }
     }
 

@@ -43,24 +43,62 @@ pub use types::{
 /// applying it ([`Wanted`]) and drops them again once committed. Everything
 /// else, all that `/metrics` renders, stays in memory. The machine sees no
 /// difference: it always finds here every entry that its input can read.
-#[derive(Debug, Default, Clone, PartialEq)]
+///
+/// It serializes (every map as a list of pairs) for the snapshots that
+/// replicas share.
+#[derive(Debug, Default, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct State {
     /// Runs now running, plus (while a group is applied) the ended runs it reads.
+    #[serde(with = "pairs")]
     pub runs: BTreeMap<u64, Run>,
     /// Request id -> when it was first seen (while a group is applied).
+    #[serde(with = "pairs")]
     pub dedup: HashMap<String, Millis>,
+    #[serde(with = "pairs")]
     pub load_tests: BTreeMap<u64, LoadTest>,
+    #[serde(with = "pairs")]
     pub counters: BTreeMap<CounterKey, u64>,
+    #[serde(with = "pairs")]
     pub histograms: BTreeMap<(Project, Outcome), Histogram>,
     /// Event name -> when a delivery of it was last received.
+    #[serde(with = "pairs")]
     pub last_event: BTreeMap<String, Millis>,
     /// Spans not yet acknowledged by the collector, by run id.
+    #[serde(with = "pairs")]
     pub outbox: BTreeMap<u64, SpanRecord>,
     /// Per project, the finishes within the abort-ratio window, sorted.
+    #[serde(with = "pairs")]
     pub finishes: BTreeMap<Project, VecDeque<FinishCode>>,
     /// The `--runs.info-limit` most recently ended runs (finished or
     /// expired), by run id: the runs API and `loadimpact_test_run_info`.
+    #[serde(with = "pairs")]
     pub recent: BTreeMap<u64, Run>,
+}
+
+/// A map as a list of `[key, value]` pairs: JSON objects take only string
+/// keys, and the state's keys are numbers, tuples and enums.
+mod pairs {
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    pub fn serialize<'a, M, K, V, S>(map: &'a M, serializer: S) -> Result<S::Ok, S::Error>
+    where
+        &'a M: IntoIterator<Item = (&'a K, &'a V)>,
+        K: Serialize + 'a,
+        V: Serialize + 'a,
+        S: Serializer,
+    {
+        serializer.collect_seq(map)
+    }
+
+    pub fn deserialize<'de, M, K, V, D>(deserializer: D) -> Result<M, D::Error>
+    where
+        M: FromIterator<(K, V)>,
+        K: Deserialize<'de>,
+        V: Deserialize<'de>,
+        D: Deserializer<'de>,
+    {
+        Vec::<(K, V)>::deserialize(deserializer).map(|pairs| pairs.into_iter().collect())
+    }
 }
 
 /// The cold entries a group of inputs may read: what the store must put in
@@ -199,6 +237,24 @@ impl State {
         for key in keys {
             self.restore(key, from.snapshot(key));
         }
+    }
+
+    /// The key of every entry the state holds: all that a store must write
+    /// to hold the whole of it.
+    pub fn keys(&self) -> BTreeSet<Key> {
+        let mut keys = BTreeSet::new();
+        keys.extend(self.runs.keys().map(|id| Key::Run(*id)));
+        keys.extend(self.dedup.keys().map(|id| Key::Dedup(id.clone())));
+        keys.extend(self.load_tests.keys().map(|id| Key::LoadTest(*id)));
+        keys.extend(self.counters.keys().map(|k| Key::Counter(k.clone())));
+        keys.extend(self.histograms.keys().map(|(p, o)| Key::Histogram(*p, *o)));
+        keys.extend(self.last_event.keys().map(|e| Key::LastEvent(e.clone())));
+        keys.extend(self.outbox.keys().map(|id| Key::Outbox(*id)));
+        for (project, codes) in &self.finishes {
+            keys.extend(codes.iter().map(|code| Key::Finish(*project, *code)));
+        }
+        keys.extend(self.recent.keys().map(|id| Key::Recent(*id)));
+        keys
     }
 
     /// The entry named by `key`, as it is now.

@@ -3,7 +3,7 @@
 //! layout is an API boundary (see docs/architecture.md): a change to it needs
 //! a new [`SCHEMA_VERSION`] and a migration from the previous layout.
 
-use super::{Store, StoreError};
+use super::{Position, Store, StoreError};
 use crate::clock::Millis;
 use crate::outcome::Outcome;
 use crate::state::{Changes, Key, Machine, State, Wanted};
@@ -39,6 +39,8 @@ const OUTBOX: TableDefinition<u64, &[u8]> = TableDefinition::new("outbox");
 const FINISHES: TableDefinition<(u64, u64, i64), u64> = TableDefinition::new("finishes");
 const RECENT: TableDefinition<u64, &[u8]> = TableDefinition::new("recent");
 const META: TableDefinition<&str, &str> = TableDefinition::new("meta");
+/// The key in `meta` of the shared log's position the state reflects.
+const POSITION: &str = "log_position";
 
 /// The layout version written in `meta`. Older layouts are migrated on open
 /// (1: durations as float seconds, one table for all runs; 2: started runs
@@ -267,6 +269,76 @@ fn key_json<T: serde::Serialize>(key: &T) -> Result<String, StoreError> {
     serde_json::to_string(key).map_err(db_err)
 }
 
+/// Writes the entries named in `changes` as they are in `state` (deleting
+/// those no longer there), within `txn`.
+fn write_entries(
+    txn: &redb::WriteTransaction,
+    state: &State,
+    changes: &Changes,
+) -> Result<(), StoreError> {
+    let mut runs = txn.open_table(RUNS).map_err(db_err)?;
+    let mut ended = txn.open_table(ENDED_RUNS).map_err(db_err)?;
+    let mut dedup = txn.open_table(DEDUP).map_err(db_err)?;
+    let mut load_tests = txn.open_table(LOAD_TESTS).map_err(db_err)?;
+    let mut counters = txn.open_table(COUNTERS).map_err(db_err)?;
+    let mut histograms = txn.open_table(HISTOGRAMS).map_err(db_err)?;
+    let mut last_event = txn.open_table(LAST_EVENT).map_err(db_err)?;
+    let mut outbox = txn.open_table(OUTBOX).map_err(db_err)?;
+    let mut finishes = txn.open_table(FINISHES).map_err(db_err)?;
+    let mut recent = txn.open_table(RECENT).map_err(db_err)?;
+    for key in &changes.keys {
+        match key {
+            Key::Run(id) => {
+                // A run lives in exactly one of the two tables.
+                let run = state.runs.get(id);
+                let running = run.filter(|r| r.is_running());
+                let over = run.filter(|r| !r.is_running());
+                put_or_remove(&mut runs, *id, running)?;
+                put_or_remove(&mut ended, *id, over)?;
+            }
+            Key::Dedup(id) => match state.dedup.get(id) {
+                Some(seen) => {
+                    dedup.insert(id.as_str(), *seen).map_err(db_err)?;
+                }
+                None => {
+                    dedup.remove(id.as_str()).map_err(db_err)?;
+                }
+            },
+            Key::LoadTest(id) => put_or_remove(&mut load_tests, *id, state.load_tests.get(id))?,
+            Key::Counter(counter) => {
+                let k = key_json(counter)?;
+                counters
+                    .insert(k.as_str(), state.counter(counter))
+                    .map_err(db_err)?;
+            }
+            Key::Histogram(project, outcome) => {
+                let k = key_json(&(project, outcome))?;
+                if let Some(h) = state.histograms.get(&(*project, *outcome)) {
+                    histograms
+                        .insert(k.as_str(), to_json(h)?.as_slice())
+                        .map_err(db_err)?;
+                }
+            }
+            Key::Outbox(id) => put_or_remove(&mut outbox, *id, state.outbox.get(id))?,
+            Key::LastEvent(event) => {
+                if let Some(at) = state.last_event.get(event) {
+                    last_event.insert(event.as_str(), *at).map_err(db_err)?;
+                }
+            }
+            Key::Finish(project, code) => {
+                let key = (project.organization_id, project.project_id, *code);
+                match state.finish_count(project, *code) {
+                    0 => finishes.remove(key).map(drop),
+                    n => finishes.insert(key, n as u64).map(drop),
+                }
+                .map_err(db_err)?
+            }
+            Key::Recent(id) => put_or_remove(&mut recent, *id, state.recent.get(id))?,
+        }
+    }
+    Ok(())
+}
+
 impl Store for RedbStore {
     /// redb refuses every write after an I/O error until the database is
     /// reopened: close it, reopen it (redb repairs what it must) and read back
@@ -348,75 +420,69 @@ impl Store for RedbStore {
         Ok(())
     }
 
-    fn commit(&mut self, state: &State, changes: &Changes) -> Result<(), StoreError> {
-        if changes.is_empty() {
+    fn commit_at(
+        &mut self,
+        state: &State,
+        changes: &Changes,
+        position: Option<&Position>,
+    ) -> Result<(), StoreError> {
+        if changes.is_empty() && position.is_none() {
             return Ok(());
         }
         // Durability::Immediate is redb's default: commit() returns after fsync.
         let txn = self.db()?.begin_write().map_err(db_err)?;
+        write_entries(&txn, state, changes)?;
+        if let Some(position) = position {
+            let text = serde_json::to_string(position).map_err(db_err)?;
+            let mut meta = txn.open_table(META).map_err(db_err)?;
+            meta.insert(POSITION, text.as_str()).map_err(db_err)?;
+        }
+        txn.commit().map_err(db_err)
+    }
+
+    fn position(&self) -> Result<Option<Position>, StoreError> {
+        let txn = self.db()?.begin_read().map_err(db_err)?;
+        let meta = txn.open_table(META).map_err(db_err)?;
+        let text = meta.get(POSITION).map_err(db_err)?;
+        text.map(|t| from_json("meta", t.value().as_bytes()))
+            .transpose()
+    }
+
+    fn load_all(&self) -> Result<State, StoreError> {
+        let mut state = self.load()?;
+        let txn = self.db()?.begin_read().map_err(db_err)?;
+        each(&txn, DEDUP, |k, v| {
+            state.dedup.insert(k.to_owned(), v);
+            Ok(())
+        })?;
+        each(&txn, ENDED_RUNS, |k, v| {
+            state.runs.insert(k, from_json("ended_runs", v)?);
+            Ok(())
+        })?;
+        Ok(state)
+    }
+
+    fn replace(&mut self, state: &State, position: &Position) -> Result<(), StoreError> {
+        let txn = self.db()?.begin_write().map_err(db_err)?;
+        for table in [RUNS, ENDED_RUNS, LOAD_TESTS, OUTBOX, RECENT] {
+            txn.delete_table(table).map_err(db_err)?;
+            txn.open_table(table).map_err(db_err)?;
+        }
+        txn.delete_table(DEDUP).map_err(db_err)?;
+        txn.open_table(DEDUP).map_err(db_err)?;
+        txn.delete_table(HISTOGRAMS).map_err(db_err)?;
+        txn.open_table(HISTOGRAMS).map_err(db_err)?;
+        txn.delete_table(COUNTERS).map_err(db_err)?;
+        txn.open_table(COUNTERS).map_err(db_err)?;
+        txn.delete_table(LAST_EVENT).map_err(db_err)?;
+        txn.open_table(LAST_EVENT).map_err(db_err)?;
+        txn.delete_table(FINISHES).map_err(db_err)?;
+        txn.open_table(FINISHES).map_err(db_err)?;
+        write_entries(&txn, state, &Changes::writing(state.keys()))?;
         {
-            let mut runs = txn.open_table(RUNS).map_err(db_err)?;
-            let mut ended = txn.open_table(ENDED_RUNS).map_err(db_err)?;
-            let mut dedup = txn.open_table(DEDUP).map_err(db_err)?;
-            let mut load_tests = txn.open_table(LOAD_TESTS).map_err(db_err)?;
-            let mut counters = txn.open_table(COUNTERS).map_err(db_err)?;
-            let mut histograms = txn.open_table(HISTOGRAMS).map_err(db_err)?;
-            let mut last_event = txn.open_table(LAST_EVENT).map_err(db_err)?;
-            let mut outbox = txn.open_table(OUTBOX).map_err(db_err)?;
-            let mut finishes = txn.open_table(FINISHES).map_err(db_err)?;
-            let mut recent = txn.open_table(RECENT).map_err(db_err)?;
-            for key in &changes.keys {
-                match key {
-                    Key::Run(id) => {
-                        // A run lives in exactly one of the two tables.
-                        let run = state.runs.get(id);
-                        let running = run.filter(|r| r.is_running());
-                        let over = run.filter(|r| !r.is_running());
-                        put_or_remove(&mut runs, *id, running)?;
-                        put_or_remove(&mut ended, *id, over)?;
-                    }
-                    Key::Dedup(id) => match state.dedup.get(id) {
-                        Some(seen) => {
-                            dedup.insert(id.as_str(), *seen).map_err(db_err)?;
-                        }
-                        None => {
-                            dedup.remove(id.as_str()).map_err(db_err)?;
-                        }
-                    },
-                    Key::LoadTest(id) => {
-                        put_or_remove(&mut load_tests, *id, state.load_tests.get(id))?
-                    }
-                    Key::Counter(counter) => {
-                        let k = key_json(counter)?;
-                        counters
-                            .insert(k.as_str(), state.counter(counter))
-                            .map_err(db_err)?;
-                    }
-                    Key::Histogram(project, outcome) => {
-                        let k = key_json(&(project, outcome))?;
-                        if let Some(h) = state.histograms.get(&(*project, *outcome)) {
-                            histograms
-                                .insert(k.as_str(), to_json(h)?.as_slice())
-                                .map_err(db_err)?;
-                        }
-                    }
-                    Key::Outbox(id) => put_or_remove(&mut outbox, *id, state.outbox.get(id))?,
-                    Key::LastEvent(event) => {
-                        if let Some(at) = state.last_event.get(event) {
-                            last_event.insert(event.as_str(), *at).map_err(db_err)?;
-                        }
-                    }
-                    Key::Finish(project, code) => {
-                        let key = (project.organization_id, project.project_id, *code);
-                        match state.finish_count(project, *code) {
-                            0 => finishes.remove(key).map(drop),
-                            n => finishes.insert(key, n as u64).map(drop),
-                        }
-                        .map_err(db_err)?
-                    }
-                    Key::Recent(id) => put_or_remove(&mut recent, *id, state.recent.get(id))?,
-                }
-            }
+            let text = serde_json::to_string(position).map_err(db_err)?;
+            let mut meta = txn.open_table(META).map_err(db_err)?;
+            meta.insert(POSITION, text.as_str()).map_err(db_err)?;
         }
         txn.commit().map_err(db_err)
     }

@@ -10,10 +10,44 @@
 
 use crate::clock::Millis;
 use crate::state::{Changes, Machine, State, Wanted};
+use serde::{Deserialize, Serialize};
 
 mod embedded;
 
 pub use embedded::RedbStore;
+
+/// Where a state stands in the shared log of several replicas: the
+/// ordinal of the last entry applied (entries are numbered from 1 without a
+/// gap) and its Redis stream id (`ms-seq`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default, Serialize, Deserialize)]
+pub struct Position {
+    pub ordinal: u64,
+    pub ms: u64,
+    pub seq: u64,
+}
+
+impl Position {
+    /// The stream id, as Redis writes it.
+    pub fn stream_id(&self) -> String {
+        format!("{}-{}", self.ms, self.seq)
+    }
+
+    /// Reads a stream id (`ms-seq`) with its ordinal.
+    pub fn parse(ordinal: u64, stream_id: &str) -> Option<Position> {
+        let (ms, seq) = stream_id.split_once('-')?;
+        Some(Position {
+            ordinal,
+            ms: ms.parse().ok()?,
+            seq: seq.parse().ok()?,
+        })
+    }
+}
+
+impl std::fmt::Display for Position {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} ({}-{})", self.ordinal, self.ms, self.seq)
+    }
+}
 
 /// A store error: the write was not made durable, or the state could not be read.
 #[derive(Debug, thiserror::Error)]
@@ -40,7 +74,26 @@ pub trait Store: Send {
     fn fetch(&self, state: &mut State, wanted: &Wanted) -> Result<(), StoreError>;
     /// Durably writes the entries named in `changes` as they are in `state`
     /// (deleting those no longer there). Returns only once durable.
-    fn commit(&mut self, state: &State, changes: &Changes) -> Result<(), StoreError>;
+    fn commit(&mut self, state: &State, changes: &Changes) -> Result<(), StoreError> {
+        self.commit_at(state, changes, None)
+    }
+    /// [`Store::commit`], and with it, in the same transaction, the position
+    /// in the shared log that the state now reflects (when it has one).
+    fn commit_at(
+        &mut self,
+        state: &State,
+        changes: &Changes,
+        position: Option<&Position>,
+    ) -> Result<(), StoreError>;
+    /// The shared log's position the stored state reflects; `None` for a
+    /// store that never followed a log.
+    fn position(&self) -> Result<Option<Position>, StoreError>;
+    /// Reads the whole state, cold entries included: a snapshot for another
+    /// replica.
+    fn load_all(&self) -> Result<State, StoreError>;
+    /// Durably replaces everything stored by `state` (hot and cold) at
+    /// `position`: a replica taking a snapshot.
+    fn replace(&mut self, state: &State, position: &Position) -> Result<(), StoreError>;
     /// Deletes some cold entries that no input can see any more at `now`
     /// (see [`Machine::is_forgotten`] and [`Machine::is_stale_id`]): bounded
     /// work per call, resuming where the last call stopped. Harmless to skip
@@ -63,6 +116,7 @@ pub struct MemoryStore {
     pub committed: State,
     pub commits: u64,
     pub fail_commits: bool,
+    pub position: Option<Position>,
 }
 
 #[cfg(test)]
@@ -87,12 +141,34 @@ impl Store for MemoryStore {
         Ok(())
     }
 
-    fn commit(&mut self, state: &State, changes: &Changes) -> Result<(), StoreError> {
+    fn commit_at(
+        &mut self,
+        state: &State,
+        changes: &Changes,
+        position: Option<&Position>,
+    ) -> Result<(), StoreError> {
         if self.fail_commits {
             return Err(StoreError::Db("commit refused (fail_commits)".into()));
         }
         self.committed.copy_entries(state, &changes.keys);
+        if let Some(position) = position {
+            self.position = Some(*position);
+        }
         self.commits += 1;
+        Ok(())
+    }
+
+    fn position(&self) -> Result<Option<Position>, StoreError> {
+        Ok(self.position)
+    }
+
+    fn load_all(&self) -> Result<State, StoreError> {
+        Ok(self.committed.clone())
+    }
+
+    fn replace(&mut self, state: &State, position: &Position) -> Result<(), StoreError> {
+        self.committed = state.clone();
+        self.position = Some(*position);
         Ok(())
     }
 

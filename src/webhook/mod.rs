@@ -45,7 +45,7 @@ pub struct Project {
 // One per delivery, moved a few times on its way to the writer: boxing the
 // run would cost an allocation per delivery for nothing.
 #[allow(clippy::large_enum_variant)]
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub enum Event {
     /// `test.started` or `test.finished` for one run.
     Run(RunEvent),
@@ -64,7 +64,7 @@ impl Event {
 }
 
 /// Whether a run event opens or closes the run.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 pub enum RunEventKind {
     #[default]
     Started,
@@ -130,7 +130,7 @@ pub struct RunError {
 
 /// Which service's format a delivery came in: it decides how the status
 /// reads.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 pub enum Format {
     /// Load Impact's fixed bodies: the status table is `--status-table`'s.
     #[default]
@@ -141,7 +141,7 @@ pub enum Format {
 }
 
 /// The body of a `test.started` or `test.finished` event.
-#[derive(Debug, Clone, PartialEq, Default)]
+#[derive(Debug, Clone, PartialEq, Default, serde::Serialize, serde::Deserialize)]
 pub struct RunEvent {
     pub kind: RunEventKind,
     pub load_test_run_id: u64,
