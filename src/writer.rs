@@ -824,4 +824,72 @@ mod tests {
         drop(handle);
         thread.join().expect("writer thread");
     }
+
+    fn logged(ordinal: u64, id: &str) -> (Logged, oneshot::Receiver<Result<Applied, WriteError>>) {
+        let (reply, answer) = oneshot::channel();
+        let entry = Logged {
+            input: Input::Webhook {
+                request_ids: vec![id.into()],
+                event: Event::NotificationChannel,
+                at: 1,
+            },
+            position: Position {
+                ordinal,
+                ms: ordinal,
+                seq: 0,
+            },
+            reply: Reply::Applied(reply),
+        };
+        (entry, answer)
+    }
+
+    #[tokio::test]
+    async fn log_entries_apply_only_in_order_and_a_gap_asks_for_a_resync() {
+        let shared = Arc::new(Shared::new(State::default(), Machine::default()));
+        let metrics = WriterMetrics::register(&Registry::new()).expect("metrics");
+        let (handle, thread) = spawn(
+            Box::new(MemoryStore::default()),
+            shared.clone(),
+            metrics,
+            true,
+        )
+        .expect("spawn writer");
+        let (first, first_answer) = logged(1, "a");
+        let (second, second_answer) = logged(2, "b");
+        // Entry 4 after 2: entry 3 is missing.
+        let (after_gap, gap_answer) = logged(4, "d");
+        // Entry 2 again: already applied.
+        let (again, again_answer) = logged(2, "b");
+        handle
+            .apply_logged(vec![first, second, after_gap, again])
+            .await
+            .expect("sent");
+        assert!(first_answer.await.expect("answer").is_ok());
+        assert!(second_answer.await.expect("answer").is_ok());
+        assert!(gap_answer.await.expect("answer").is_err());
+        assert!(again_answer.await.expect("answer").is_err());
+        assert!(shared.resync.load(Ordering::Acquire));
+        assert_eq!(
+            shared.read().counter(&CounterKey::Requests { code: 200 }),
+            2
+        );
+        assert_eq!(
+            handle
+                .position()
+                .await
+                .expect("position")
+                .map(|p| p.ordinal),
+            Some(2)
+        );
+        // Entry 3 then continues the log.
+        let (third, third_answer) = logged(3, "c");
+        handle.apply_logged(vec![third]).await.expect("sent");
+        assert!(third_answer.await.expect("answer").is_ok());
+        assert_eq!(
+            shared.read().counter(&CounterKey::Requests { code: 200 }),
+            3
+        );
+        drop(handle);
+        thread.join().expect("writer thread");
+    }
 }

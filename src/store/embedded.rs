@@ -608,6 +608,73 @@ mod tests {
         check_contract(&store, &state);
     }
 
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(24))]
+
+        /// A replica's snapshot: the whole state (cold entries too) read
+        /// from one store, sent as JSON, and written into another with
+        /// `replace`, reads back exactly, with its position; and the inputs
+        /// of the shared log survive JSON unchanged.
+        #[test]
+        fn a_snapshot_moves_the_whole_state_to_another_store(
+            steps in proptest::collection::vec(crate::state::testing::timed_step(), 1..60),
+        ) {
+            let machine = crate::state::testing::short_machine();
+            let (mut state, mut changes, mut at) = (State::default(), Changes::default(), 0);
+            for (i, (step, wait)) in steps.iter().enumerate() {
+                at += wait;
+                let input = match step {
+                    Some(step) => crate::state::testing::input_of(step, i, at),
+                    None => Input::Tick { now: at },
+                };
+                let json = serde_json::to_vec(&input).expect("input to JSON");
+                let back: Input = serde_json::from_slice(&json).expect("input from JSON");
+                proptest::prop_assert_eq!(&back, &input);
+                machine.apply(&mut state, input, &mut changes);
+            }
+            let (from, to) = (tempfile::tempdir().expect("dir"), tempfile::tempdir().expect("dir"));
+            let mut source = RedbStore::open(from.path()).expect("open");
+            let position = Position { ordinal: 7, ms: 1_700_000_000_000, seq: 3 };
+            source.commit_at(&state, &changes, Some(&position)).expect("commit");
+            let whole = source.load_all().expect("load_all");
+            proptest::prop_assert_eq!(&whole, &state);
+            let json = serde_json::to_vec(&whole).expect("state to JSON");
+            let sent: State = serde_json::from_slice(&json).expect("state from JSON");
+            proptest::prop_assert_eq!(&sent, &state);
+            // The target held something else before: replace leaves none of it.
+            let mut target = RedbStore::open(to.path()).expect("open");
+            let mut other = State::default();
+            let mut other_changes = Changes::default();
+            machine.apply(&mut other, run_event(RunEventKind::Started, 999_999, 2), &mut other_changes);
+            target.commit(&other, &other_changes).expect("commit");
+            target.replace(&sent, &source.position().expect("position").expect("some")).expect("replace");
+            proptest::prop_assert_eq!(target.load_all().expect("load_all"), state.clone());
+            proptest::prop_assert_eq!(target.position().expect("position"), Some(position));
+            drop(target);
+            let reopened = RedbStore::open(to.path()).expect("reopen");
+            proptest::prop_assert_eq!(reopened.load().expect("load"), state.without_cold());
+        }
+    }
+
+    #[test]
+    fn the_position_is_kept_with_the_commit_and_absent_before() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut store = RedbStore::open(dir.path()).expect("open");
+        assert_eq!(store.position().expect("position"), None);
+        let position = Position {
+            ordinal: 1,
+            ms: 5,
+            seq: 0,
+        };
+        // A position alone (its entry changed nothing) is stored too.
+        store
+            .commit_at(&State::default(), &Changes::default(), Some(&position))
+            .expect("commit");
+        drop(store);
+        let store = RedbStore::open(dir.path()).expect("reopen");
+        assert_eq!(store.position().expect("position"), Some(position));
+    }
+
     /// What `load` returns is the hot part of `state`, and `fetch` brings
     /// back every cold entry it has.
     fn check_contract(store: &dyn Store, state: &State) {
