@@ -12,6 +12,9 @@
 #   3. the same ingest with the store on tmpfs (what fsync costs), and a
 #      profile of the ingest (perf record, where perf works);
 #   4. latency at a steady ~1,000 deliveries/s;
+#   4b. the same ingest and steady latency with the Redis backend (a local
+#      redis-server with appendfsync always, two replicas following it,
+#      wrk posting to one), beside the embedded store's;
 #   5. memory: resident idle, then after 1,000,000 deliveries (500,000 runs
 #      started and finished over 1,000 projects and 10,000 load tests),
 #      the scrape of that state (gzip and plain), and the time to ready after
@@ -35,8 +38,8 @@ PUSHGATEWAY=${BENCH_PUSHGATEWAY:-prometheus-pushgateway}
 die() { echo "run.sh: $*" >&2; exit 1; }
 log() { echo "== $*" >&2; }
 
-for tool in wrk curl jq awk ss "$PUSHGATEWAY"; do
-  command -v "$tool" >/dev/null || die "$tool not found (Debian: apt-get install wrk curl jq prometheus-pushgateway)"
+for tool in wrk curl jq awk ss "$PUSHGATEWAY" redis-server; do
+  command -v "$tool" >/dev/null || die "$tool not found (Debian: apt-get install wrk curl jq prometheus-pushgateway redis-server)"
 done
 ((DELIVERIES % 4 == 0)) || die "BENCH_DELIVERIES must be a multiple of 4 (two threads, a start and a finish per run)"
 
@@ -195,6 +198,45 @@ log "latency at a steady rate: 10 connections, 10 ms pause after each answer, 15
 PAUSE_MS=10 run_wrk "$D1/steady.txt" "http://127.0.0.1:$PORT/webhook" 10 2 15 bench/steady.lua webhook 4
 stop "$E1"
 
+# ---- 4b: the Redis backend ------------------------------------------------------
+# A local Redis that fsyncs every write (appendfsync always), two replicas
+# following its log, wrk posting to the first: the same ingest and steady
+# runs as above. Every 200 here waited for Redis's append (fsync'd) and the
+# replica's own commit.
+DR=$WORK/redis; mkdir -p "$DR/redis" "$DR/a" "$DR/b"; RPORT=$(free_port)
+redis-server --port "$RPORT" --bind 127.0.0.1 --dir "$DR/redis" --save "" \
+  --appendonly yes --appendfsync always --daemonize no >"$DR/redis.log" 2>&1 &
+RS=$!; PIDS+=("$RS")
+for ((i = 0; i < 200; i++)); do
+  [[ $(printf 'PING\r\n' | timeout 1 bash -c "exec 3<>/dev/tcp/127.0.0.1/$RPORT; cat >&3; head -c5 <&3" 2>/dev/null) == +PONG ]] && break
+  sleep 0.05
+done
+start_replica() { # dir port -> pid (in $EXPORTER_PID)
+  "$BIN" --web.listen-address="127.0.0.1:$2" --storage.path="$1/store" --log.level=warn \
+    --storage.backend=redis --storage.redis-url="redis://127.0.0.1:$RPORT" >>"$1/exporter.log" 2>&1 &
+  EXPORTER_PID=$!
+  PIDS+=("$EXPORTER_PID")
+}
+PORT_A=$(free_port); start_replica "$DR/a" "$PORT_A"; RA=$EXPORTER_PID
+PORT_B=$(free_port); start_replica "$DR/b" "$PORT_B"; RB=$EXPORTER_PID
+wait_ready "http://127.0.0.1:$PORT_A/-/ready" "$RA" >/dev/null
+wait_ready "http://127.0.0.1:$PORT_B/-/ready" "$RB" >/dev/null
+log "ingest with the Redis backend (two replicas): 3 s warm-up + ${DURATION}s"
+run_wrk "$DR/warmup.txt" "http://127.0.0.1:$PORT_A/webhook" 64 2 3 bench/webhook.lua webhook 1
+run_wrk "$DR/ingest.txt" "http://127.0.0.1:$PORT_A/webhook" 64 2 "$DURATION" bench/webhook.lua webhook 2
+log "latency at a steady rate with the Redis backend, 15 s"
+PAUSE_MS=10 run_wrk "$DR/steady.txt" "http://127.0.0.1:$PORT_A/webhook" 10 2 15 bench/steady.lua webhook 4
+# Both replicas caught up, then their state expositions compared.
+for ((i = 0; i < 600; i++)); do
+  LAG_B=$(curl -fsS "http://127.0.0.1:$PORT_B/metrics" | awk '$1 == "loadimpact_exporter_log_lag_entries" {print $2}')
+  [[ ${LAG_B:-1} == 0 ]] && break
+  sleep 0.1
+done
+state_of() { curl -fsS "http://127.0.0.1:$1/metrics" | grep -v '^loadimpact_exporter_\|^# [A-Z]* loadimpact_exporter_\|^process_\|^# [A-Z]* process_'; }
+REPLICAS_SAME=$(cmp -s <(state_of "$PORT_A") <(state_of "$PORT_B") && echo "byte-identical" || echo "**differ**")
+REDIS_NON200=$(awk '/^Non-2xx/ {print $NF}' "$DR/ingest.txt"); REDIS_NON200=${REDIS_NON200:-0}
+stop "$RA"; stop "$RB"; stop "$RS"
+
 PG_PORT=$(free_port)
 "$PUSHGATEWAY" --web.listen-address="127.0.0.1:$PG_PORT" --persistence.file= >"$WORK/pushgateway.log" 2>&1 &
 PG=$!; PIDS+=("$PG")
@@ -255,6 +297,7 @@ stop "$E3"
 # ---- the report --------------------------------------------------------------------
 CEIL=$(wrk_rps "$D1/healthy.txt"); INGEST=$(wrk_rps "$D1/ingest.txt"); PGW=$(wrk_rps "$WORK/pg.txt")
 STEADY=$(wrk_rps "$D1/steady.txt")
+REDIS_INGEST=$(wrk_rps "$DR/ingest.txt"); REDIS_STEADY=$(wrk_rps "$DR/steady.txt")
 {
   echo "# Benchmark results"
   echo
@@ -288,9 +331,18 @@ STEADY=$(wrk_rps "$D1/steady.txt")
   if [[ -n $SHM_INGEST ]]; then
     echo "| exporter POST /webhook, store on tmpfs (fsync free; diagnostic only) | $(printf '%.0f' "$SHM_INGEST") | $(wrk_pct "$D1/shm.txt" 50) | $(wrk_pct "$D1/shm.txt" 99) |"
   fi
+  echo "| exporter POST /webhook, Redis backend (appendfsync always), two replicas | $(printf '%.0f' "$REDIS_INGEST") | $(wrk_pct "$DR/ingest.txt" 50) | $(wrk_pct "$DR/ingest.txt" 99) |"
   echo "| Pushgateway POST, in memory (reference) | $(printf '%.0f' "$PGW") | $(wrk_pct "$WORK/pg.txt" 50) | $(wrk_pct "$WORK/pg.txt" 99) |"
   echo
+  echo "Steady rate (10 connections, 10 ms pause after each answer, 15 s):"
+  echo
+  echo "| backend | deliveries/s | p50 ms | p99 ms |"
+  echo "|---|---|---|---|"
+  echo "| embedded | $(printf '%.0f' "$STEADY") | $(wrk_pct "$D1/steady.txt" 50) | $(wrk_pct "$D1/steady.txt" 99) |"
+  echo "| Redis, two replicas | $(printf '%.0f' "$REDIS_STEADY") | $(wrk_pct "$DR/steady.txt" 50) | $(wrk_pct "$DR/steady.txt" 99) |"
+  echo
   echo "- ingest ÷ ceiling: $(ratio "$INGEST" "$CEIL"); ingest ÷ Pushgateway: $(ratio "$INGEST" "$PGW")${SHM_INGEST:+; ingest on disk ÷ on tmpfs: $(ratio "$INGEST" "$SHM_INGEST")}."
+  echo "- Redis backend ÷ embedded, ingest: $(ratio "$REDIS_INGEST" "$INGEST"); p99 at the steady rate: $(ratio "$(wrk_pct "$DR/steady.txt" 99)" "$(wrk_pct "$D1/steady.txt" 99)")×. wrk saw $REDIS_NON200 non-2xx answers from the Redis replica; afterwards the two replicas' expositions (less their own telemetry) were $REPLICAS_SAME."
   echo "- durability: $ACCEPTED deliveries accepted in $COMMITS fsync'd commits ($(ratio "$ACCEPTED" "$COMMITS") per commit); wrk saw $NON200 non-2xx answers."
   echo "- plain scrape of the same state: $SCRAPE_MS ms, $((SCRAPE_BYTES / 1024)) KiB; gzip is $(ratio "$SCRAPE_BYTES" "$SCRAPE_GZ_BYTES")× smaller."
   echo
