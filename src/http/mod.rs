@@ -180,7 +180,7 @@ pub async fn handle(
         Page::Ready => respond(
             StatusCode::SERVICE_UNAVAILABLE,
             text,
-            "Not ready: the store is not open.\n",
+            "Not ready: the store is not open, or the shared log (Redis) is unreachable or not caught up yet.\n",
         ),
         Page::Runs => api::runs(&app),
         Page::Landing => respond(

@@ -42,6 +42,9 @@ pub(super) struct Follower {
     pub caught_up_once: bool,
     /// When the position was last written in Redis.
     pub reported: Option<Instant>,
+    /// This replica's rules, while not yet compared with the log's (Redis
+    /// did not answer at start).
+    pub rules: Option<String>,
 }
 
 impl Follower {
@@ -75,6 +78,16 @@ impl Follower {
 
     /// One read: the next entries to the writer, then the lag.
     async fn step(&mut self) -> anyhow::Result<()> {
+        if let Some(rules) = &self.rules {
+            let stored = self.redis.agree_on_rules(rules).await?;
+            if let Some(e) = super::rules_differ(&self.prefix, &stored, rules) {
+                // Nothing is applied: this replica stays not ready.
+                tracing::error!("{e}");
+                tokio::time::sleep(Duration::from_secs(30)).await;
+                anyhow::bail!("not following the shared log: other rules");
+            }
+            self.rules = None;
+        }
         if self.shared.resync.swap(false, Ordering::AcqRel) {
             self.position = None;
         }

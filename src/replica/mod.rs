@@ -159,27 +159,21 @@ impl LogHandle {
             event: delivery.event,
             at,
         };
-        self.append_and_wait(input, Reply::Applied(reply), answer)
+        self.append_and_wait(input, Reply::Applied(reply), answer, 503)
             .await
-            .inspect_err(|_| self.uncount(503))
     }
 
     /// Appends any other input and waits until it is applied here. A
     /// rejection that cannot be appended is kept and counted with the next
     /// append.
     pub async fn submit(&self, input: Input) -> Result<(), WriteError> {
-        let rejected = match input {
-            Input::Rejected { code } => Some(code),
-            _ => None,
+        let code = match input {
+            Input::Rejected { code } => code,
+            _ => 0,
         };
         let (reply, answer) = oneshot::channel();
-        let result = self
-            .append_and_wait(input, Reply::Stored(reply), answer)
-            .await;
-        if let (Err(_), Some(code)) = (&result, rejected) {
-            self.uncount(code);
-        }
-        result
+        self.append_and_wait(input, Reply::Stored(reply), answer, code)
+            .await
     }
 
     /// Appends an input nobody waits for (the lease holder's clock ticks).
@@ -197,11 +191,16 @@ impl LogHandle {
         *uncounted.entry(code).or_insert(0) += 1;
     }
 
+    /// Appends `input`, then waits for its `answer`. When the append fails,
+    /// the request is answered with the code `uncounted` (unless 0), which
+    /// is counted with the next append; an input already in the log is
+    /// counted as the log says.
     async fn append_and_wait<T>(
         &self,
         input: Input,
         reply: Reply,
         answer: oneshot::Receiver<Result<T, WriteError>>,
+        uncounted: u16,
     ) -> Result<T, WriteError> {
         let record = serde_json::to_vec(&input).map_err(|e| WriteError::Store(e.to_string()))?;
         let nonce = format!(
@@ -212,6 +211,9 @@ impl LogHandle {
         self.waiters().insert(nonce.clone(), reply);
         if let Err(e) = self.append(vec![(nonce.clone(), record)]).await {
             self.waiters().remove(&nonce);
+            if uncounted != 0 {
+                self.uncount(uncounted);
+            }
             return Err(e);
         }
         match tokio::time::timeout(APPLY_TIMEOUT, answer).await {
@@ -310,17 +312,26 @@ impl Replica {
         )
         .map_err(|e| anyhow::anyhow!("connecting to Redis: {e}"))?;
         let rules = format!("{:?}", shared.machine);
-        let stored = redis
-            .agree_on_rules(&rules)
-            .await
-            .map_err(|e| anyhow::anyhow!("Redis at {}: {e}", redacted(&settings.url)))?;
-        if stored != rules {
-            anyhow::bail!(
-                "the replicas on {}:* apply other rules than this one's flags: every replica must run with the same --run.*, --dedup.*, --series.*, --abort-ratio.*, --status-table, --limits.*, --runs.info-limit and --otlp settings (stored: {stored}; here: {rules}); delete the key {}:rules to start over",
-                settings.prefix,
-                settings.prefix
-            );
-        }
+        // A replica with other rules than the others' would count otherwise:
+        // it must not start. Redis away at start is no reason not to: the
+        // reader checks once it answers.
+        let check = tokio::time::timeout(Duration::from_secs(5), redis.agree_on_rules(&rules));
+        let checked = match check.await {
+            Ok(Ok(stored)) => {
+                if let Some(e) = rules_differ(&settings.prefix, &stored, &rules) {
+                    anyhow::bail!(e);
+                }
+                true
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(redis = %redacted(&settings.url), error = %e, "Redis does not answer; not ready until it does");
+                false
+            }
+            Err(_) => {
+                tracing::warn!(redis = %redacted(&settings.url), "Redis does not answer within 5 s; not ready until it does");
+                false
+            }
+        };
         let metrics = LogMetrics::register(registry)?;
         shared.set_log_ok(false);
         shared.set_exports_spans(false);
@@ -349,6 +360,7 @@ impl Replica {
             position: None,
             caught_up_once: false,
             reported: None,
+            rules: (!checked).then_some(rules),
         };
         let leader = lead::Leader {
             redis,
@@ -384,6 +396,14 @@ impl Replica {
             tracing::debug!(error = %e, "releasing the lease");
         }
     }
+}
+
+/// Why a replica with `rules` must not follow a log whose replicas apply
+/// `stored`, if they differ.
+fn rules_differ(prefix: &str, stored: &str, rules: &str) -> Option<String> {
+    (stored != rules).then(|| format!(
+        "the replicas on {prefix}:* apply other rules than this one's flags: every replica must run with the same --run.max-duration, --dedup.ttl, --series.ttl, --abort-ratio.window, --status-table, --limits.*, --runs.info-limit and OTLP settings (stored: {stored}; here: {rules}); to change them, use a new --storage.redis-prefix or delete the key {prefix}:rules"
+    ))
 }
 
 /// `url` without its password, for logs.
