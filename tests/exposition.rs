@@ -17,11 +17,12 @@ use support::samples::*;
 use support::tools::{describe, require_tool, run_with_input};
 use support::{wait_for, Window};
 
-/// A load test name that needs escaping in a label value.
+/// A load test name that needs escaping in a label value (and a newline,
+/// which the parser turns into a space before anything shows it).
 const AWKWARD_NAME: &str = "Checkout \"peak\" C:\\runs\nline two ünïcödé €";
 
 /// The same name as the exposition format writes it.
-const AWKWARD_NAME_ESCAPED: &str = "Checkout \\\"peak\\\" C:\\\\runs\\nline two ünïcödé €";
+const AWKWARD_NAME_ESCAPED: &str = "Checkout \\\"peak\\\" C:\\\\runs line two ünïcödé €";
 
 const FAMILIES: [(&str, &str); 12] = [
     ("loadimpact_webhook_requests_total", "counter"),
