@@ -83,7 +83,7 @@ fn the_compose_stack_is_valid_and_complete() {
     // Prometheus in compose scrapes the exporter by its service name.
     assert_eq!(
         exporter_job_targets("deploy/prometheus/prometheus.yml"),
-        json!([format!("{EXPORTER}:{EXPORTER_PORT}")])
+        json!([format!("{EXPORTER}:{METRICS_PORT}")])
     );
 
     // Every host the stack's configurations name is one of its services.
