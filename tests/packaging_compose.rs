@@ -1,8 +1,9 @@
 //! Packaging as a docker-compose stack: `docker-compose.yml` valid against
 //! the Compose specification's schema and complete (every service, pinned
 //! images, mounts that exist, hosts that are its services, Grafana's data
-//! sources and dashboards), and the exporter service's environment accepted
-//! by the real binary.
+//! sources and dashboards), and the exporter service's environment and
+//! mounted token file on the real binary: the webhook on its own port behind
+//! the token, the metrics on the other.
 
 mod manifests;
 mod support;
@@ -10,9 +11,9 @@ mod support;
 use std::collections::BTreeSet;
 
 use manifests::*;
-use serde_json::json;
+use serde_json::{json, Value};
 use support::exporter::Exporter;
-use support::files::{dashboards, parse_yaml, read, repo};
+use support::files::{dashboards, parse_yaml, read, read_path, repo};
 use support::http::get;
 use support::tools::{require_tool, run_ok};
 
@@ -72,6 +73,19 @@ fn the_compose_stack_is_valid_and_complete() {
     assert_eq!(exporter["read_only"], true);
     assert!(strings(&exporter["cap_drop"]).contains(&"ALL"));
     assert!(strings(&exporter["volumes"]).contains(&"exporter-data:/data"));
+    // Both listeners published, on the loopback only.
+    let ports = strings(&exporter["ports"]);
+    for port in [METRICS_PORT, WEBHOOK_PORT] {
+        assert!(
+            ports.contains(&format!("127.0.0.1:{port}:{port}").as_str()),
+            "the exporter publishes {port} on 127.0.0.1: {ports:?}"
+        );
+    }
+    for (service, def) in services {
+        for port in strings(&def["ports"]) {
+            assert!(port.starts_with("127.0.0.1:"), "{service} publishes {port}");
+        }
+    }
     assert!(strings(&services["prometheus"]["volumes"])
         .contains(&"./deploy/prometheus:/etc/prometheus:ro"));
     assert!(strings(&services["alertmanager"]["volumes"])
@@ -83,7 +97,8 @@ fn the_compose_stack_is_valid_and_complete() {
     // Prometheus in compose scrapes the exporter by its service name.
     assert_eq!(
         exporter_job_targets("deploy/prometheus/prometheus.yml"),
-        json!([format!("{EXPORTER}:{EXPORTER_PORT}")])
+        json!([format!("{EXPORTER}:{METRICS_PORT}")]),
+        "Prometheus scrapes the metrics port"
     );
 
     // Every host the stack's configurations name is one of its services.
@@ -163,18 +178,78 @@ fn the_compose_stack_is_valid_and_complete() {
 }
 
 #[test]
-fn the_compose_environment_is_accepted_by_the_binary() {
+fn the_compose_environment_and_token_file_secure_the_real_binary() {
     // The exporter service's environment, as docker-compose.yml sets it, on
-    // the real binary: it starts and gets ready (the Tempo host need not
-    // exist: spans wait in the outbox).
+    // the real binary, with the paths it names inside the container resolved
+    // through the service's bind mounts to the repository's files: it starts
+    // and gets ready (the Tempo host need not exist: spans wait in the
+    // outbox), and its webhook takes the mounted file's token on its own
+    // port only.
     let compose = parse_yaml(&read("docker-compose.yml"), "docker-compose.yml");
-    let env: Vec<(String, String)> = compose["services"][EXPORTER]["environment"]
+    let service = &compose["services"][EXPORTER];
+    let env: Vec<(String, String)> = service["environment"]
         .as_object()
         .expect("environment map")
         .iter()
-        .map(|(k, v)| (k.clone(), v.as_str().expect("string value").to_owned()))
+        .map(|(k, v)| {
+            let value = v.as_str().expect("string value");
+            (k.clone(), in_the_repository(service, value))
+        })
         .collect();
-    let exporter = Exporter::builder().envs(&env).start();
+    let var = |name_: &str| {
+        env.iter()
+            .find(|(k, _)| k == name_)
+            .map(|(_, v)| v.as_str())
+            .unwrap_or_else(|| panic!("docker-compose.yml: the exporter sets {name_}"))
+    };
+    // The webhook's own listener, on the published port.
+    assert_eq!(
+        address_port(var("LOADIMPACT_EXPORTER_WEBHOOK_LISTEN_ADDRESS")),
+        WEBHOOK_PORT
+    );
+    // The token file, mounted from the repository, with a placeholder.
+    let token_file = var("LOADIMPACT_EXPORTER_WEBHOOK_TOKEN_FILE");
+    assert!(
+        token_file.starts_with(repo().join("deploy/compose").to_str().expect("utf-8")),
+        "the token file {token_file} is mounted from deploy/compose"
+    );
+    let text = read_path(std::path::Path::new(token_file));
+    let tokens = tokens_of(&text);
+    assert_eq!(tokens.len(), 1, "{token_file}: one token");
+    assert!(
+        tokens[0].contains("placeholder"),
+        "{token_file}: the shipped token says it is a placeholder"
+    );
+    assert!(
+        env.iter()
+            .all(|(k, _)| k != "LOADIMPACT_EXPORTER_WEBHOOK_TOKEN"),
+        "the token comes from the file"
+    );
+    // The launcher's flags put both listeners on free loopback ports; the
+    // rest is the compose environment's.
+    let exporter = Exporter::builder().webhook_listener().envs(&env).start();
     let resp = get(&exporter.url("/-/ready"));
     assert_eq!(resp.status, 200, "{}", resp.body);
+    assert_webhook_secured(&exporter, "/webhook", tokens[0], "docker-compose.yml");
+}
+
+/// `value` with a path inside the container (the target of one of the
+/// service's `./source:/target[:ro]` bind mounts, or under it) replaced by
+/// the repository's path; any other value unchanged.
+fn in_the_repository(service: &Value, value: &str) -> String {
+    for volume in strings(&service["volumes"]) {
+        let Some(bind) = volume.strip_prefix("./") else {
+            continue;
+        };
+        let mut parts = bind.split(':');
+        let (source, target) = (parts.next().expect("source"), parts.next().expect("target"));
+        if value == target || value.starts_with(&format!("{target}/")) {
+            return format!(
+                "{}{}",
+                repo().join(source).display(),
+                &value[target.len()..]
+            );
+        }
+    }
+    value.to_owned()
 }

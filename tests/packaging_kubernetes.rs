@@ -1,10 +1,14 @@
 //! Packaging for Kubernetes: every kustomization renders (`kubectl
-//! kustomize`) and validates offline (`kubernetes-validate --strict` against a
-//! pinned Kubernetes version) with the objects it must have; every workload is
-//! hardened (security settings, probes, resources, pinned images); the
-//! exporter is deployed as documented (one writer per store, its volume, its
-//! token); the Service, Ingress and NetworkPolicy reach it; and the manifest's
-//! own flags, probes and webhook path work on the real binary.
+//! kustomize`), validates offline (`kubernetes-validate --strict` against a
+//! pinned Kubernetes version) and lints (`yamllint`) with the objects it must
+//! have; every workload is hardened (security settings, probes, resources,
+//! pinned images); the exporter is deployed as documented (one writer per
+//! store, its volume, two listeners, probes on the metrics port, its token
+//! from a Secret mounted as a file); the Ingress reaches only the webhook
+//! port, the NetworkPolicy lets only the monitoring namespace reach the
+//! metrics port; the documented overlay replaces the placeholder token; and
+//! the manifest's own flags, token file, probes and webhook path work on the
+//! real binary.
 //!
 //! The rendered objects are parsed and asserted one by one, so that a later
 //! change cannot drop a setting silently.
@@ -20,9 +24,10 @@ use manifests::*;
 use serde_json::{json, Value};
 use support::deliveries::{self, test_hook};
 use support::exporter::{run_binary, Exporter};
-use support::files::{parse_yaml, parse_yaml_documents, repo, write_temp};
+use support::files::{parse_yaml, parse_yaml_documents, read, repo, write_temp};
 use support::http::get;
-use support::tools::{assert_success, describe};
+use support::tools::{assert_success, describe, require_tool, run};
+use support::wait_for;
 
 #[test]
 fn every_kustomization_is_listed() {
@@ -46,7 +51,12 @@ fn every_kustomization_is_listed() {
                     .expect("in repo")
                     .to_string_lossy()
                     .into_owned();
-                if doc["kind"] == "Kustomization" && !rel.ends_with("base/dashboards") {
+                // The base's pieces (generated dashboards, the token Secret)
+                // are applied through the kustomizations that include them.
+                if doc["kind"] == "Kustomization"
+                    && !rel.ends_with("base/dashboards")
+                    && !rel.ends_with("base/webhook-token")
+                {
                     found.insert(rel);
                 }
             }
@@ -63,12 +73,28 @@ fn every_kustomization_is_listed() {
 
 #[test]
 fn every_kustomization_renders_and_validates_offline() {
+    let yamllint = require_tool("yamllint");
     let tmp = tempfile::tempdir().expect("temp dir");
     for dir in KUSTOMIZATIONS {
         let rendered = render(dir);
         let objs = parse_yaml_documents(&rendered, dir);
         assert!(!objs.is_empty(), "{dir} renders nothing");
         let file = write_temp(&tmp, &format!("{}.yaml", dir.replace('/', "_")), &rendered);
+        // What kubectl applies is lint-clean too (duplicate keys, truthy
+        // values, syntax), in kustomize's own layout: its sequences are not
+        // indented, and the dashboards' JSON makes long lines.
+        assert_success(
+            &run(
+                &yamllint,
+                &[
+                    "--strict",
+                    "-d",
+                    RENDERED_YAMLLINT,
+                    file.to_str().expect("utf-8 path"),
+                ],
+            ),
+            &format!("yamllint of the rendered {dir}"),
+        );
         let output = kubernetes_validate(&file);
         assert_success(&output, &format!("kubernetes-validate of {dir}"));
         // kubernetes-validate passes objects it has no schema for with a
@@ -103,6 +129,10 @@ fn every_kustomization_renders_and_validates_offline() {
         );
     }
 }
+
+/// yamllint's rules for kustomize's output (see above).
+const RENDERED_YAMLLINT: &str = "{extends: default, rules: {line-length: disable, \
+     document-start: disable, indentation: {spaces: 2, indent-sequences: consistent}}}";
 
 #[test]
 fn kubernetes_validate_rejects_a_broken_manifest() {
@@ -139,6 +169,7 @@ fn each_kustomization_has_its_objects() {
                 ("Ingress", EXPORTER),
                 ("NetworkPolicy", EXPORTER),
                 ("ConfigMap", "loadimpact-exporter-dashboards"),
+                ("Secret", WEBHOOK_SECRET),
             ],
         ),
         (
@@ -152,6 +183,7 @@ fn each_kustomization_has_its_objects() {
                 ("ConfigMap", "loadimpact-exporter-dashboards"),
                 ("ServiceMonitor", EXPORTER),
                 ("PrometheusRule", EXPORTER),
+                ("Secret", WEBHOOK_SECRET),
             ],
         ),
         (
@@ -164,6 +196,7 @@ fn each_kustomization_has_its_objects() {
                 ("PersistentVolumeClaim", "loadimpact-exporter-data"),
                 ("PersistentVolumeClaim", "prometheus-server-data"),
                 ("ConfigMap", "loadimpact-exporter-dashboards"),
+                ("Secret", WEBHOOK_SECRET),
             ],
         ),
     ];
@@ -331,13 +364,28 @@ fn the_exporter_is_deployed_as_documented() {
             "{at}: image tag follows Cargo.toml's version"
         );
 
-        // Port, probes.
+        // Two named ports, each the one its listener's flag binds.
+        let args = strings(&c["args"]);
         assert_eq!(
-            container_port(c, &json!("http")),
-            Some(EXPORTER_PORT),
-            "{at}: named port http"
+            container_port(c, &json!(METRICS_PORT_NAME)),
+            Some(METRICS_PORT),
+            "{at}: named port {METRICS_PORT_NAME}"
         );
+        assert_eq!(
+            container_port(c, &json!(WEBHOOK_PORT_NAME)),
+            Some(WEBHOOK_PORT),
+            "{at}: named port {WEBHOOK_PORT_NAME}"
+        );
+        assert_eq!(items(&c["ports"]).count(), 2, "{at}: two ports");
+        let main = flag(&args, "--web.listen-address").expect("--web.listen-address");
+        assert_eq!(address_port(main), METRICS_PORT, "{at}: {main}");
+        let hook = flag(&args, "--webhook.listen-address")
+            .unwrap_or_else(|| panic!("{at}: the webhook needs its own listener"));
+        assert_eq!(address_port(hook), WEBHOOK_PORT, "{at}: {hook}");
+
+        // Every probe on the metrics port (the webhook port serves no probe).
         for (probe, path) in [
+            ("startupProbe", "/-/healthy"),
             ("livenessProbe", "/-/healthy"),
             ("readinessProbe", "/-/ready"),
         ] {
@@ -345,13 +393,12 @@ fn the_exporter_is_deployed_as_documented() {
             assert_eq!(get["path"], path, "{at}: {probe} path");
             assert_eq!(
                 container_port(c, &get["port"]),
-                Some(EXPORTER_PORT),
-                "{at}: {probe} port"
+                Some(METRICS_PORT),
+                "{at}: {probe} on the metrics port"
             );
         }
 
         // The store on a persistent volume at /data.
-        let args = strings(&c["args"]);
         assert!(
             args.contains(&"--storage.path=/data"),
             "{at}: --storage.path=/data"
@@ -380,13 +427,48 @@ fn the_exporter_is_deployed_as_documented() {
             "{at}: /data is not on a PersistentVolumeClaim"
         );
 
-        // The webhook token from an optional Secret.
-        let token = items(&c["env"])
-            .find(|e| e["name"] == "LOADIMPACT_EXPORTER_WEBHOOK_TOKEN")
-            .unwrap_or_else(|| panic!("{at}: LOADIMPACT_EXPORTER_WEBHOOK_TOKEN"));
-        let secret = &token["valueFrom"]["secretKeyRef"];
-        assert_eq!(secret["name"], "loadimpact-exporter-webhook", "{at}");
-        assert_eq!(secret["optional"], true, "{at}: the Secret is optional");
+        // The webhook's tokens: the Secret, mounted read-only as a file,
+        // named by --webhook.token-file; never in the environment.
+        let mount = token_mount(w, &at);
+        assert_eq!(mount.path(), TOKEN_FILE, "{at}: the documented path");
+        assert_eq!(
+            flag(&args, "--webhook.token-file"),
+            Some(mount.path().as_str()),
+            "{at}: --webhook.token-file names the mounted Secret's file"
+        );
+        for e in items(&c["env"]) {
+            assert!(
+                !e["name"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .starts_with("LOADIMPACT_EXPORTER_WEBHOOK_TOKEN"),
+                "{at}: the token (file) comes from the flag, not {}",
+                e["name"]
+            );
+            assert_ne!(
+                e["valueFrom"]["secretKeyRef"]["name"], WEBHOOK_SECRET,
+                "{at}: the token must not be in the environment"
+            );
+        }
+        assert!(
+            items(&c["envFrom"]).all(|e| e["secretRef"]["name"] != WEBHOOK_SECRET),
+            "{at}: the token must not be in the environment"
+        );
+        // The Secret ships beside the workload, with a token the exporter
+        // takes, plainly a placeholder.
+        let secret = find(&objs, "Secret", WEBHOOK_SECRET);
+        assert_eq!(
+            secret["metadata"]["namespace"], w["metadata"]["namespace"],
+            "{at}: the Secret is in the pod's namespace"
+        );
+        let shipped = secret_value(&objs, WEBHOOK_SECRET, WEBHOOK_SECRET_KEY);
+        let tokens = tokens_of(&shipped);
+        assert_eq!(tokens.len(), 1, "{at}: one placeholder token: {shipped}");
+        assert!(
+            tokens[0].to_lowercase().contains("placeholder")
+                && shipped.contains("README.md, \"Deploying\""),
+            "{at}: the shipped token must say it is a placeholder, and where to replace it"
+        );
     }
 }
 
@@ -400,6 +482,17 @@ fn the_sidecar_runs_the_same_exporter_container_as_the_base() {
     assert_eq!(
         in_sidecar, from_base,
         "the sidecar's exporter container drifted from the base's: run deploy/generate.sh"
+    );
+    // The token Secret's volume too.
+    let token_volume = |w: &Value| {
+        items(&w["spec"]["template"]["spec"]["volumes"])
+            .find(|v| v["secret"]["secretName"] == WEBHOOK_SECRET)
+            .cloned()
+    };
+    assert_eq!(
+        token_volume(deployment),
+        token_volume(the_exporter_workload(&base)),
+        "the sidecar's token volume drifted from the base's: run deploy/generate.sh"
     );
     let names: BTreeSet<&str> = containers(&deployment["spec"]["template"]["spec"])
         .iter()
@@ -420,7 +513,7 @@ fn the_sidecar_runs_the_same_exporter_container_as_the_base() {
 }
 
 #[test]
-fn services_ingress_and_network_policy_reach_the_exporter() {
+fn the_ingress_reaches_only_the_webhook_port_and_the_network_policy_splits_the_ports() {
     for dir in KUSTOMIZATIONS {
         let objs = objects(dir);
         let w = the_exporter_workload(&objs);
@@ -436,7 +529,8 @@ fn services_ingress_and_network_policy_reach_the_exporter() {
             "{dir}: workload selector"
         );
 
-        // The Ingress exposes exactly the webhook path, to the exporter's port.
+        // The Ingress exposes the webhook path (and the token segment under
+        // it), and only to the webhook port: never to the metrics port.
         let ingresses = of_kind(&objs, "Ingress");
         assert_eq!(ingresses.len(), 1, "{dir}: one Ingress");
         let rules = ingresses[0]["spec"]["rules"].as_array().expect("rules");
@@ -451,26 +545,22 @@ fn services_ingress_and_network_policy_reach_the_exporter() {
                     "{dir}: Service {} does not select the exporter's pod",
                     name(svc)
                 );
-                let port = svc["spec"]["ports"]
-                    .as_array()
-                    .expect("ports")
-                    .iter()
-                    .find(|sp| {
-                        sp["name"] == backend["port"]["name"]
-                            || sp["port"] == backend["port"]["number"]
-                    })
+                let target = service_port_target(svc, &backend["port"], exporter)
                     .unwrap_or_else(|| panic!("{dir}: the Ingress's Service port is missing"));
                 assert_eq!(
-                    container_port(exporter, &port["targetPort"]),
-                    Some(EXPORTER_PORT),
-                    "{dir}: the Ingress reaches the exporter's port"
+                    target, WEBHOOK_PORT,
+                    "{dir}: the Ingress must reach the webhook port"
+                );
+                assert_ne!(
+                    target, METRICS_PORT,
+                    "{dir}: the Ingress reaches the metrics port"
                 );
             }
         }
         assert_eq!(
             paths,
-            [(json!("/webhook"), json!("Exact"))],
-            "{dir}: the Ingress exposes /webhook only"
+            [(json!("/webhook"), json!("Prefix"))],
+            "{dir}: the Ingress exposes /webhook and /webhook/<token> only"
         );
         // Each delivery is held in memory for --dedup.ttl: a flood is slowed.
         let annotations = &ingresses[0]["metadata"]["annotations"];
@@ -482,9 +572,18 @@ fn services_ingress_and_network_policy_reach_the_exporter() {
             ingresses[0]["spec"]["defaultBackend"].is_null(),
             "{dir}: no default backend"
         );
+        // No Service of the exporter's pod is anything but ClusterIP (no
+        // NodePort or LoadBalancer opening the metrics port outside).
+        for svc in of_kind(&objs, "Service") {
+            if selects(&svc["spec"]["selector"], pod_labels) {
+                assert_eq!(svc["spec"]["type"], "ClusterIP", "{dir}: {}", name(svc));
+            }
+        }
 
-        // The NetworkPolicy applies to the exporter's pod and lets in only the
-        // monitoring namespace and the ingress controller.
+        // One NetworkPolicy applies to the exporter's pod. Each rule names
+        // its ports and its peers; the metrics port is reached only from the
+        // monitoring namespace, the webhook port only from the ingress
+        // controller's pods, and no rule opens both.
         let policies: Vec<&Value> = of_kind(&objs, "NetworkPolicy")
             .into_iter()
             .filter(|np| selects(&np["spec"]["podSelector"]["matchLabels"], pod_labels))
@@ -499,7 +598,8 @@ fn services_ingress_and_network_policy_reach_the_exporter() {
             strings(&np["spec"]["policyTypes"]).contains(&"Ingress"),
             "{dir}"
         );
-        let mut namespaces = BTreeSet::new();
+        let pod_containers = containers(&w["spec"]["template"]["spec"]);
+        let mut reached: BTreeMap<i64, BTreeSet<String>> = BTreeMap::new();
         for rule in np["spec"]["ingress"].as_array().expect("ingress rules") {
             let from = rule["from"]
                 .as_array()
@@ -509,12 +609,27 @@ fn services_ingress_and_network_policy_reach_the_exporter() {
                 !from.is_empty(),
                 "{dir}: a rule without `from` lets everyone in"
             );
+            let ports = rule["ports"].as_array().expect("rule ports");
+            assert!(!ports.is_empty(), "{dir}: a rule names its ports");
+            let ports: Vec<i64> = ports
+                .iter()
+                .map(|p| {
+                    pod_containers
+                        .iter()
+                        .find_map(|c| container_port(c, &p["port"]))
+                        .unwrap_or_else(|| panic!("{dir}: port {} is no container's", p["port"]))
+                })
+                .collect();
+            assert!(
+                !(ports.contains(&METRICS_PORT) && ports.contains(&WEBHOOK_PORT)),
+                "{dir}: one rule opens both the metrics and the webhook port"
+            );
             for peer in from {
                 assert!(peer["ipBlock"].is_null(), "{dir}: no ipBlock peers");
                 let ns = peer["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"]
                     .as_str()
                     .unwrap_or_else(|| panic!("{dir}: every peer names its namespace: {peer}"));
-                if ns == "ingress-nginx" {
+                let peer_name = if ns == "ingress-nginx" {
                     assert_eq!(
                         string_map(&peer["podSelector"]["matchLabels"]),
                         BTreeMap::from([(
@@ -523,57 +638,175 @@ fn services_ingress_and_network_policy_reach_the_exporter() {
                         )]),
                         "{dir}: only the controller's pods"
                     );
+                    "ingress-nginx controller".to_owned()
+                } else {
+                    assert!(
+                        peer["podSelector"].is_null(),
+                        "{dir}: the {ns} namespace as a whole"
+                    );
+                    ns.to_owned()
+                };
+                for port in &ports {
+                    reached.entry(*port).or_default().insert(peer_name.clone());
                 }
-                namespaces.insert(ns.to_owned());
-            }
-            let ports = rule["ports"].as_array().expect("rule ports");
-            assert!(!ports.is_empty(), "{dir}: a rule names its ports");
-            for p in ports {
-                let reached = containers(&w["spec"]["template"]["spec"])
-                    .iter()
-                    .find_map(|c| container_port(c, &p["port"]))
-                    .unwrap_or_else(|| panic!("{dir}: port {} is no container's", p["port"]));
-                assert!(reached > 0, "{dir}");
             }
         }
-        assert!(
-            namespaces.contains("ingress-nginx"),
-            "{dir}: the ingress controller must reach the webhook"
+        let only = |peer: &str| BTreeSet::from([peer.to_owned()]);
+        assert_eq!(
+            reached.get(&WEBHOOK_PORT),
+            Some(&only("ingress-nginx controller")),
+            "{dir}: the webhook port from the ingress controller only"
         );
-        let allowed: BTreeSet<String> = ["monitoring", "ingress-nginx"]
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
-        assert!(
-            namespaces.is_subset(&allowed),
-            "{dir}: peers {namespaces:?}"
-        );
+        // The sidecar's Prometheus scrapes over localhost: there no rule
+        // needs the metrics port; elsewhere Prometheus must reach it.
+        let metrics_peers = reached.get(&METRICS_PORT).cloned().unwrap_or_default();
+        if kind(w) == "StatefulSet" {
+            assert_eq!(
+                metrics_peers,
+                only(MONITORING_NAMESPACE),
+                "{dir}: the metrics port from the {MONITORING_NAMESPACE} namespace only"
+            );
+        } else {
+            assert!(
+                metrics_peers.is_subset(&only(MONITORING_NAMESPACE)),
+                "{dir}: the metrics port from {metrics_peers:?}"
+            );
+        }
+        for (port, peers) in &reached {
+            assert!(
+                peers.is_subset(&BTreeSet::from([
+                    MONITORING_NAMESPACE.to_owned(),
+                    "ingress-nginx controller".to_owned()
+                ])),
+                "{dir}: port {port} from {peers:?}"
+            );
+        }
+    }
+}
+
+/// A directory laid out as the kubelet lays out a Secret volume: each
+/// version of the Secret in a directory of its own, `..data` a symlink to
+/// the current one, and each key a symlink through `..data`. An update
+/// swaps `..data` in one rename, as the kubelet does.
+struct SecretVolume {
+    dir: tempfile::TempDir,
+    key: String,
+    versions: usize,
+}
+
+impl SecretVolume {
+    fn new(key: &str, value: &str) -> SecretVolume {
+        let mut volume = SecretVolume {
+            dir: tempfile::tempdir().expect("temp dir"),
+            key: key.to_owned(),
+            versions: 0,
+        };
+        volume.update(value);
+        std::os::unix::fs::symlink(format!("..data/{key}"), volume.dir.path().join(&volume.key))
+            .expect("symlink the key");
+        volume
+    }
+
+    /// The Secret changes: a new version, then `..data` swapped to it.
+    fn update(&mut self, value: &str) {
+        self.versions += 1;
+        let version = format!("..{}", self.versions);
+        let root = self.dir.path();
+        std::fs::create_dir(root.join(&version)).expect("version dir");
+        std::fs::write(root.join(&version).join(&self.key), value).expect("write the key");
+        std::os::unix::fs::symlink(&version, root.join("..data_tmp")).expect("symlink ..data");
+        std::fs::rename(root.join("..data_tmp"), root.join("..data")).expect("swap ..data");
+    }
+
+    fn path(&self) -> &Path {
+        self.dir.path()
     }
 }
 
 #[test]
-fn the_manifest_flags_probes_and_webhook_path_work_on_the_real_binary() {
+fn the_manifest_flags_token_file_probes_and_webhook_path_work_on_the_real_binary() {
     let objs = objects("deploy/kubernetes/base");
     let sts = find(&objs, "StatefulSet", EXPORTER);
     let c = exporter_container(sts).expect("exporter");
-    // The manifest's own flags, but on a free port and a temporary store.
-    let args: Vec<&str> = strings(&c["args"])
-        .into_iter()
-        .filter(|a| !a.starts_with("--web.listen-address=") && !a.starts_with("--storage.path="))
-        .collect();
-    let mut exporter = Exporter::start(&args);
+    let mount = token_mount(sts, "the base StatefulSet");
+    let shipped = secret_value(&objs, WEBHOOK_SECRET, WEBHOOK_SECRET_KEY);
+    let placeholder = tokens_of(&shipped)[0].to_owned();
+
+    // The Secret as the pod has it, in a directory of our own.
+    let mut volume = SecretVolume::new(&mount.file, &shipped);
+
+    // The manifest's own flags, each one: the two listeners on free loopback
+    // ports (the launcher's), the store in a temporary directory, the token
+    // file under that directory. Every other flag as it is.
+    let mut substituted = BTreeSet::new();
+    let mut args = Vec::new();
+    for arg in strings(&c["args"]) {
+        let (name_, value) = arg.split_once('=').unwrap_or((arg, ""));
+        match name_ {
+            "--web.listen-address" | "--webhook.listen-address" | "--storage.path" => {}
+            "--webhook.token-file" => {
+                let rest = value
+                    .strip_prefix(&format!("{}/", mount.dir))
+                    .unwrap_or_else(|| panic!("{arg} is not under the mount {}", mount.dir));
+                args.push(format!(
+                    "--webhook.token-file={}",
+                    volume.path().join(rest).display()
+                ));
+            }
+            _ => args.push(arg.to_owned()),
+        }
+        if arg.starts_with("--") && name_ != arg {
+            substituted.insert(name_.to_owned());
+        }
+    }
+    for wanted in [
+        "--web.listen-address",
+        "--webhook.listen-address",
+        "--storage.path",
+        "--webhook.token-file",
+    ] {
+        assert!(substituted.contains(wanted), "the manifest sets {wanted}");
+    }
+    let mut exporter = Exporter::builder().webhook_listener().args(&args).start();
+
+    // The probes answer on the metrics port (and not on the webhook's).
     for probe in ["startupProbe", "livenessProbe", "readinessProbe"] {
         let path = c[probe]["httpGet"]["path"].as_str().expect("probe path");
         let resp = get(&exporter.url(path));
         assert_eq!(resp.status, 200, "{probe} {path}: {}", resp.body);
     }
-    // The one path the Ingress exposes is where the exporter takes webhooks.
+    assert_eq!(get(&exporter.url("/metrics")).status, 200);
+
+    // The one path the Ingress exposes takes a delivery with the shipped
+    // token on the webhook port, and refuses one without it.
     let ingress = find(&objs, "Ingress", EXPORTER);
     let path = ingress["spec"]["rules"][0]["http"]["paths"][0]["path"]
         .as_str()
         .expect("ingress path");
-    let resp = deliveries::post_fresh(&exporter.url(path), &test_hook());
-    assert_eq!(resp.status, 200, "POST {path}: {}", resp.body);
+    assert_webhook_secured(&exporter, path, &placeholder, "the base's flags");
+
+    // Rotation as documented, through the Secret: a second line with the new
+    // token, then the old one removed; each is in force within seconds,
+    // without a restart.
+    let accepted = |token: &str| {
+        deliveries::post_fresh(
+            &exporter.webhook_url(&format!("{path}/{token}")),
+            &test_hook(),
+        )
+        .status
+    };
+    let new_token = "rotated-token-0123456789abcdef";
+    assert_eq!(accepted(new_token), 401);
+    volume.update(&format!("{placeholder}\n{new_token}\n"));
+    wait_for("the second token", Duration::from_secs(10), || {
+        (accepted(new_token) == 200).then_some(())
+    });
+    assert_eq!(accepted(&placeholder), 200, "the old token, until removed");
+    volume.update(&format!("{new_token}\n"));
+    wait_for("the old token to go", Duration::from_secs(10), || {
+        (accepted(&placeholder) == 401).then_some(())
+    });
+    assert_eq!(accepted(new_token), 200);
 
     // SIGTERM: the exporter is gone well within the grace period.
     let grace = sts["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
@@ -595,4 +828,59 @@ fn the_manifest_flags_probes_and_webhook_path_work_on_the_real_binary() {
         String::from_utf8_lossy(&help.stdout).contains("LOADIMPACT_EXPORTER_STORAGE_PATH"),
         "the binary reads LOADIMPACT_EXPORTER_STORAGE_PATH"
     );
+}
+
+#[test]
+fn the_documented_token_overlay_replaces_the_placeholder() {
+    // docs/deployment.md's overlay, on top of each kustomization: the one
+    // Secret keeps its name and namespace and holds the new token only, and
+    // the workload mounts it as before.
+    let docs = read("docs/deployment.md");
+    let snippet = docs
+        .split("<!-- token-overlay:start -->")
+        .nth(1)
+        .and_then(|rest| rest.split("<!-- token-overlay:end -->").next())
+        .expect("docs/deployment.md: the token overlay between its markers");
+    let yaml = snippet
+        .split("```yaml\n")
+        .nth(1)
+        .and_then(|rest| rest.split("```").next())
+        .expect("a yaml block");
+    let mut overlay = parse_yaml(yaml, "the documented token overlay");
+    let new_token = "0123456789abcdef0123456789abcdef";
+    for dir in KUSTOMIZATIONS {
+        let tmp = tempfile::tempdir().expect("temp dir");
+        // kustomize takes a base only by a relative path.
+        let up = "../".repeat(tmp.path().components().count() - 1);
+        let absolute = repo().join(dir);
+        let from_root = absolute.strip_prefix("/").expect("an absolute path");
+        overlay["resources"] = json!([format!("{up}{}", from_root.display())]);
+        write_temp(&tmp, "kustomization.yaml", &overlay.to_string());
+        for file in strings(&overlay["secretGenerator"][0]["files"]) {
+            let file = file.rsplit_once('=').map_or(file, |(_, f)| f);
+            write_temp(&tmp, file, &format!("{new_token}\n"));
+        }
+        let before = objects(dir);
+        let after = objects(tmp.path().to_str().expect("utf-8"));
+        let secrets: Vec<&Value> = of_kind(&after, "Secret")
+            .into_iter()
+            .filter(|s| name(s) == WEBHOOK_SECRET)
+            .collect();
+        assert_eq!(secrets.len(), 1, "{dir}: one Secret {WEBHOOK_SECRET}");
+        let old = find(&before, "Secret", WEBHOOK_SECRET);
+        assert_eq!(
+            secrets[0]["metadata"]["namespace"], old["metadata"]["namespace"],
+            "{dir}: the Secret stays in its namespace"
+        );
+        assert_eq!(
+            tokens_of(&secret_value(&after, WEBHOOK_SECRET, WEBHOOK_SECRET_KEY)),
+            [new_token],
+            "{dir}: the overlay's token, and no placeholder"
+        );
+        assert_eq!(
+            the_exporter_workload(&after),
+            the_exporter_workload(&before),
+            "{dir}: the workload is unchanged"
+        );
+    }
 }

@@ -60,17 +60,20 @@ fn the_service_monitor_matches_the_schema_and_the_service() {
         services_selected, 1,
         "one Service selected: no double scrape"
     );
+    // One endpoint, the Service's metrics port (which reaches the exporter's
+    // metrics listener), never the webhook port.
     let endpoints = sm["spec"]["endpoints"].as_array().expect("endpoints");
     assert_eq!(endpoints.len(), 1);
-    let port_names: Vec<&Value> = svc["spec"]["ports"]
-        .as_array()
-        .expect("ports")
-        .iter()
-        .map(|p| &p["name"])
-        .collect();
     assert!(
-        port_names.contains(&&endpoints[0]["port"]),
-        "the endpoint port exists"
+        endpoints[0]["targetPort"].is_null(),
+        "the endpoint names the Service's port, not a pod port"
+    );
+    assert_eq!(endpoints[0]["port"], METRICS_PORT_NAME);
+    let exporter = exporter_container(the_exporter_workload(&objs)).expect("exporter");
+    assert_eq!(
+        service_port_target(svc, &json!({ "name": endpoints[0]["port"] }), exporter),
+        Some(METRICS_PORT),
+        "the ServiceMonitor scrapes the metrics port"
     );
     assert_eq!(endpoints[0]["path"], "/metrics");
     // The job label is the Service's name: what the rules and dashboards select.
@@ -211,7 +214,8 @@ fn the_prometheus_configurations_pass_promtool() {
     );
     assert_eq!(
         exporter_job_targets("deploy/kubernetes/overlays/sidecar/prometheus.yml"),
-        json!([format!("localhost:{EXPORTER_PORT}")])
+        json!([format!("localhost:{METRICS_PORT}")]),
+        "the sidecar's Prometheus scrapes the metrics port"
     );
     let deployment = find(&objs, "Deployment", "prometheus-server");
     let config_volume = deployment["spec"]["template"]["spec"]["volumes"]
