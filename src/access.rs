@@ -52,6 +52,20 @@ pub struct Tokens {
     origin: Origin,
     /// SHA-256 of each valid token, and of the whole file (to tell a change).
     current: RwLock<(Vec<[u8; 32]>, [u8; 32])>,
+    /// How many lines of the file are the shipped placeholder, never accepted.
+    placeholders: std::sync::atomic::AtomicUsize,
+}
+
+/// How the placeholder token that the manifests ship starts: it is public,
+/// so it is never accepted (a deployment that still has it takes no
+/// delivery, rather than any).
+pub const PLACEHOLDER_PREFIX: &str = "REPLACE-ME";
+
+/// The tokens of a file: the valid ones, and how many placeholders it held.
+#[derive(Debug)]
+struct Parsed {
+    tokens: Vec<[u8; 32]>,
+    placeholders: usize,
 }
 
 /// What a reload found.
@@ -67,12 +81,19 @@ fn digest(bytes: &[u8]) -> [u8; 32] {
 }
 
 /// The tokens of `text`: one a line, blank lines and `#` comments skipped,
-/// surrounding blanks trimmed.
-fn parse_tokens(text: &str, origin: &str) -> Result<Vec<[u8; 32]>, TokenError> {
+/// surrounding blanks trimmed, placeholders ([`PLACEHOLDER_PREFIX`]) set
+/// aside.
+fn parse_tokens(text: &str, origin: &str) -> Result<Parsed, TokenError> {
     let mut tokens = Vec::new();
+    let mut placeholders = 0;
     for line in text.lines() {
         let token = line.trim();
         if token.is_empty() || token.starts_with('#') {
+            continue;
+        }
+        let prefix = token.get(..PLACEHOLDER_PREFIX.len());
+        if prefix.is_some_and(|p| p.eq_ignore_ascii_case(PLACEHOLDER_PREFIX)) {
+            placeholders += 1;
             continue;
         }
         let url_safe = token
@@ -86,12 +107,15 @@ fn parse_tokens(text: &str, origin: &str) -> Result<Vec<[u8; 32]>, TokenError> {
         }
         tokens.push(digest(token.as_bytes()));
     }
-    if tokens.is_empty() {
+    if tokens.is_empty() && placeholders == 0 {
         return Err(TokenError::Empty {
             origin: origin.to_owned(),
         });
     }
-    Ok(tokens)
+    Ok(Parsed {
+        tokens,
+        placeholders,
+    })
 }
 
 impl Tokens {
@@ -105,14 +129,23 @@ impl Tokens {
                 _ => (Origin::None, String::new()),
             },
         };
-        let tokens = match &origin {
-            Origin::None => Vec::new(),
+        let parsed = match &origin {
+            Origin::None => Parsed {
+                tokens: Vec::new(),
+                placeholders: 0,
+            },
             _ => parse_tokens(&text, &describe(&origin))?,
         };
         Ok(Tokens {
             origin,
-            current: RwLock::new((tokens, digest(text.as_bytes()))),
+            current: RwLock::new((parsed.tokens, digest(text.as_bytes()))),
+            placeholders: parsed.placeholders.into(),
         })
+    }
+
+    /// How many placeholder tokens the file holds (none of them accepted).
+    pub fn placeholders(&self) -> usize {
+        self.placeholders.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// No token configured: anyone may post.
@@ -162,11 +195,13 @@ impl Tokens {
         if self.current.read().is_ok_and(|c| c.1 == whole) {
             return Ok(Reload::Unchanged);
         }
-        let tokens = parse_tokens(&text, &describe(&self.origin))?;
-        let count = tokens.len();
+        let parsed = parse_tokens(&text, &describe(&self.origin))?;
+        let count = parsed.tokens.len();
         if let Ok(mut current) = self.current.write() {
-            *current = (tokens, whole);
+            *current = (parsed.tokens, whole);
         }
+        self.placeholders
+            .store(parsed.placeholders, std::sync::atomic::Ordering::Relaxed);
         Ok(Reload::Changed(count))
     }
 }
@@ -306,6 +341,31 @@ mod tests {
             parse_tokens("", "f"),
             Err(TokenError::Empty { .. })
         ));
+    }
+
+    #[test]
+    fn the_shipped_placeholder_is_never_accepted() {
+        let dir = tempfile::tempdir().expect("dir");
+        let path = dir.path().join("tokens");
+        std::fs::write(
+            &path,
+            "# shipped\nREPLACE-ME-placeholder-token-not-a-secret\n",
+        )
+        .expect("write");
+        let tokens = Tokens::load(Some(&path)).expect("a placeholder alone still starts");
+        assert!(!tokens.is_open(), "a placeholder does not open the webhook");
+        assert_eq!((tokens.count(), tokens.placeholders()), (0, 1));
+        assert!(!tokens.permits(Some("REPLACE-ME-placeholder-token-not-a-secret")));
+        assert!(!tokens.permits(None));
+        std::fs::write(
+            &path,
+            "REPLACE-ME-placeholder-token-not-a-secret\nreal-token-123\n",
+        )
+        .expect("write");
+        assert_eq!(tokens.reload().expect("reload"), Reload::Changed(1));
+        assert_eq!(tokens.placeholders(), 1);
+        assert!(tokens.permits(Some("real-token-123")));
+        assert!(!tokens.permits(Some("REPLACE-ME-placeholder-token-not-a-secret")));
     }
 
     #[test]

@@ -166,6 +166,12 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
     } else {
         tracing::info!(tokens = tokens.count(), from = %tokens.origin(), "the webhook takes a token");
     }
+    if tokens.placeholders() > 0 {
+        tracing::error!(
+            from = %tokens.origin(),
+            "the token file holds the placeholder token shipped with the manifests, which is public and never accepted: put a real token in the Secret (README, Deploying)"
+        );
+    }
     let token_reload = tokio::spawn(reload_tokens(tokens.clone()));
     drop(writer);
     let app = Arc::new(App {
@@ -259,6 +265,9 @@ async fn reload_tokens(tokens: Arc<Tokens>) {
         match tokens.reload() {
             Ok(Reload::Changed(count)) => {
                 tracing::info!(tokens = count, "the webhook's tokens were reloaded");
+                if tokens.placeholders() > 0 {
+                    tracing::error!("the token file still holds the shipped placeholder token, which is never accepted");
+                }
             }
             Ok(Reload::Unchanged) if signalled => {
                 tracing::info!("SIGHUP: the webhook's tokens are unchanged");

@@ -777,17 +777,10 @@ fn the_manifest_flags_token_file_probes_and_webhook_path_work_on_the_real_binary
     }
     assert_eq!(get(&exporter.url("/metrics")).status, 200);
 
-    // The one path the Ingress exposes takes a delivery with the shipped
-    // token on the webhook port, and refuses one without it.
     let ingress = find(&objs, "Ingress", EXPORTER);
     let path = ingress["spec"]["rules"][0]["http"]["paths"][0]["path"]
         .as_str()
         .expect("ingress path");
-    assert_webhook_secured(&exporter, path, &placeholder, "the base's flags");
-
-    // Rotation as documented, through the Secret: a second line with the new
-    // token, then the old one removed; each is in force within seconds,
-    // without a restart.
     let accepted = |token: &str| {
         deliveries::post_fresh(
             &exporter.webhook_url(&format!("{path}/{token}")),
@@ -795,16 +788,38 @@ fn the_manifest_flags_token_file_probes_and_webhook_path_work_on_the_real_binary
         )
         .status
     };
+    // The shipped placeholder is public: it is never accepted, so a
+    // deployment that still has it takes no delivery at all.
+    assert_eq!(accepted(&placeholder), 401, "the placeholder is refused");
+    assert_eq!(
+        deliveries::post_fresh(&exporter.webhook_url(path), &test_hook()).status,
+        401,
+        "a placeholder does not leave the webhook open"
+    );
+
+    // The Secret given a real token, as documented: the one path the
+    // Ingress exposes takes a delivery with it on the webhook port, and
+    // refuses one without it.
+    let real_token = "0f3c9a7d5e1b2468ace0f3c9a7d5e1b2468ace0f3c9a7d5e1b2468ace0f3c9a";
+    volume.update(&format!("{real_token}\n"));
+    wait_for("the real token", Duration::from_secs(10), || {
+        (accepted(real_token) == 200).then_some(())
+    });
+    assert_webhook_secured(&exporter, path, real_token, "the base's flags");
+
+    // Rotation as documented, through the Secret: a second line with the new
+    // token, then the old one removed; each is in force within seconds,
+    // without a restart.
     let new_token = "rotated-token-0123456789abcdef";
     assert_eq!(accepted(new_token), 401);
-    volume.update(&format!("{placeholder}\n{new_token}\n"));
+    volume.update(&format!("{real_token}\n{new_token}\n"));
     wait_for("the second token", Duration::from_secs(10), || {
         (accepted(new_token) == 200).then_some(())
     });
-    assert_eq!(accepted(&placeholder), 200, "the old token, until removed");
+    assert_eq!(accepted(real_token), 200, "the old token, until removed");
     volume.update(&format!("{new_token}\n"));
     wait_for("the old token to go", Duration::from_secs(10), || {
-        (accepted(&placeholder) == 401).then_some(())
+        (accepted(real_token) == 401).then_some(())
     });
     assert_eq!(accepted(new_token), 200);
 
