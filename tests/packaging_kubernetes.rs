@@ -51,11 +51,13 @@ fn every_kustomization_is_listed() {
                     .expect("in repo")
                     .to_string_lossy()
                     .into_owned();
-                // The base's pieces (generated dashboards, the token Secret)
-                // are applied through the kustomizations that include them.
+                // The pieces of the base and of the ha overlay (generated
+                // dashboards, the Secrets) are applied through the
+                // kustomizations that include them.
                 if doc["kind"] == "Kustomization"
                     && !rel.ends_with("base/dashboards")
                     && !rel.ends_with("base/webhook-token")
+                    && !rel.ends_with("ha/redis-url")
                 {
                     found.insert(rel);
                 }
@@ -184,6 +186,20 @@ fn each_kustomization_has_its_objects() {
                 ("ServiceMonitor", EXPORTER),
                 ("PrometheusRule", EXPORTER),
                 ("Secret", WEBHOOK_SECRET),
+            ],
+        ),
+        (
+            "deploy/kubernetes/overlays/ha",
+            &[
+                ("ServiceAccount", EXPORTER),
+                ("Deployment", EXPORTER),
+                ("PodDisruptionBudget", EXPORTER),
+                ("Service", EXPORTER),
+                ("Ingress", EXPORTER),
+                ("NetworkPolicy", EXPORTER),
+                ("ConfigMap", "loadimpact-exporter-dashboards"),
+                ("Secret", WEBHOOK_SECRET),
+                ("Secret", "loadimpact-exporter-redis"),
             ],
         ),
         (
@@ -337,6 +353,80 @@ fn every_workload_is_hardened() {
     }
 }
 
+/// What a workload on the Redis backend needs: two replicas or more, a
+/// rolling update that starts a new pod before it stops an old one, a
+/// PodDisruptionBudget and a spread over nodes, and the Redis URL from a
+/// Secret mounted as a file (never in the arguments or the environment).
+fn several_replicas_on_redis(objs: &[Value], w: &Value, at: &str) {
+    let c = exporter_container(w).expect("exporter container");
+    let pod = &w["spec"]["template"]["spec"];
+    assert_eq!(
+        kind(w),
+        "Deployment",
+        "{at}: replicas on Redis are a Deployment"
+    );
+    assert!(
+        w["spec"]["replicas"].as_i64().is_some_and(|n| n >= 2),
+        "{at}: at least two replicas"
+    );
+    assert_eq!(w["spec"]["strategy"]["type"], "RollingUpdate", "{at}");
+    assert_eq!(
+        w["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"], 0,
+        "{at}: a rollout never has fewer replicas ready"
+    );
+    let pod_labels = &w["spec"]["template"]["metadata"]["labels"];
+    let budgets: Vec<_> = of_kind(objs, "PodDisruptionBudget")
+        .into_iter()
+        .filter(|b| selects(&b["spec"]["selector"]["matchLabels"], pod_labels))
+        .collect();
+    assert_eq!(
+        budgets.len(),
+        1,
+        "{at}: one PodDisruptionBudget for the replicas"
+    );
+    assert!(
+        budgets[0]["spec"]["maxUnavailable"] == 1 || budgets[0]["spec"]["minAvailable"] == 1,
+        "{at}: the budget keeps one replica up: {}",
+        budgets[0]["spec"]
+    );
+    let spread = items(&pod["topologySpreadConstraints"]).any(|t| {
+        t["topologyKey"] == "kubernetes.io/hostname"
+            && selects(&t["labelSelector"]["matchLabels"], pod_labels)
+    });
+    assert!(spread, "{at}: the replicas spread over nodes");
+    let args = strings(&c["args"]);
+    assert!(
+        flag(&args, "--storage.redis-url").is_none(),
+        "{at}: the Redis URL (and its password) must not be an argument"
+    );
+    assert!(
+        items(&c["env"]).all(|e| e["name"] != "LOADIMPACT_EXPORTER_REDIS_URL"),
+        "{at}: the Redis URL must come from a mounted Secret"
+    );
+    let file = flag(&args, "--storage.redis-url-file")
+        .unwrap_or_else(|| panic!("{at}: --storage.redis-url-file"));
+    let (dir, key) = file.rsplit_once('/').expect("a path");
+    let mount = items(&c["volumeMounts"])
+        .find(|m| m["mountPath"] == dir)
+        .unwrap_or_else(|| panic!("{at}: nothing mounted at {dir}"));
+    assert_eq!(mount["readOnly"], true, "{at}: the Redis Secret read-only");
+    let volume = items(&pod["volumes"])
+        .find(|v| v["name"] == mount["name"])
+        .expect("the Redis volume");
+    let secret = volume["secret"]["secretName"]
+        .as_str()
+        .expect("a Secret volume");
+    assert!(
+        items(&volume["secret"]["items"]).any(|i| i["path"] == key),
+        "{at}: the Secret's item is {key}"
+    );
+    let shipped = find(objs, "Secret", secret);
+    assert!(
+        shipped["data"][key].is_string(),
+        "{at}: the Secret {secret} ships a {key}"
+    );
+}
+
 #[test]
 fn the_exporter_is_deployed_as_documented() {
     for dir in KUSTOMIZATIONS {
@@ -346,15 +436,21 @@ fn the_exporter_is_deployed_as_documented() {
         let pod = &w["spec"]["template"]["spec"];
         let c = exporter_container(w).expect("exporter container");
 
-        // One writer per store: a single replica that never overlaps its successor.
-        assert_eq!(w["spec"]["replicas"], 1, "{at}: replicas");
-        match kind(w) {
-            "StatefulSet" => {}
-            "Deployment" => assert_eq!(
-                w["spec"]["strategy"]["type"], "Recreate",
-                "{at}: a Deployment must Recreate, or two pods share the store"
-            ),
-            other => panic!("{at}: unexpected workload kind {other}"),
+        let args = strings(&c["args"]);
+        let replicated = args.contains(&"--storage.backend=redis");
+        if replicated {
+            several_replicas_on_redis(&objs, w, &at);
+        } else {
+            // One writer per store: a single replica that never overlaps its successor.
+            assert_eq!(w["spec"]["replicas"], 1, "{at}: replicas");
+            match kind(w) {
+                "StatefulSet" => {}
+                "Deployment" => assert_eq!(
+                    w["spec"]["strategy"]["type"], "Recreate",
+                    "{at}: a Deployment must Recreate, or two pods share the store"
+                ),
+                other => panic!("{at}: unexpected workload kind {other}"),
+            }
         }
 
         // The image is this version's.
@@ -365,7 +461,6 @@ fn the_exporter_is_deployed_as_documented() {
         );
 
         // Two named ports, each the one its listener's flag binds.
-        let args = strings(&c["args"]);
         assert_eq!(
             container_port(c, &json!(METRICS_PORT_NAME)),
             Some(METRICS_PORT),
@@ -398,7 +493,8 @@ fn the_exporter_is_deployed_as_documented() {
             );
         }
 
-        // The store on a persistent volume at /data.
+        // The store on a persistent volume at /data (with Redis, each
+        // replica's snapshot in a volume of its own, an emptyDir).
         assert!(
             args.contains(&"--storage.path=/data"),
             "{at}: --storage.path=/data"
@@ -408,6 +504,9 @@ fn the_exporter_is_deployed_as_documented() {
             .unwrap_or_else(|| panic!("{at}: nothing mounted at /data"));
         assert_ne!(mount["readOnly"], true, "{at}: /data must be writable");
         let volume = mount["name"].as_str().expect("mount name");
+        let from_empty_dir = items(&pod["volumes"])
+            .find(|v| v["name"] == volume)
+            .is_some_and(|v| v["emptyDir"].is_object());
         let from_template =
             items(&w["spec"]["volumeClaimTemplates"]).any(|t| t["metadata"]["name"] == volume);
         let from_pvc = items(&pod["volumes"])
@@ -422,10 +521,17 @@ fn the_exporter_is_deployed_as_documented() {
                 );
             })
             .is_some();
-        assert!(
-            from_template || from_pvc,
-            "{at}: /data is not on a PersistentVolumeClaim"
-        );
+        if replicated {
+            assert!(
+                from_empty_dir,
+                "{at}: a replica's snapshot is its own emptyDir"
+            );
+        } else {
+            assert!(
+                from_template || from_pvc,
+                "{at}: /data is not on a PersistentVolumeClaim"
+            );
+        }
 
         // The webhook's tokens: the Secret, mounted read-only as a file,
         // named by --webhook.token-file; never in the environment.
@@ -660,7 +766,7 @@ fn the_ingress_reaches_only_the_webhook_port_and_the_network_policy_splits_the_p
         // The sidecar's Prometheus scrapes over localhost: there no rule
         // needs the metrics port; elsewhere Prometheus must reach it.
         let metrics_peers = reached.get(&METRICS_PORT).cloned().unwrap_or_default();
-        if kind(w) == "StatefulSet" {
+        if name(w) == EXPORTER {
             assert_eq!(
                 metrics_peers,
                 only(MONITORING_NAMESPACE),

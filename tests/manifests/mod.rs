@@ -26,6 +26,7 @@ pub const KUBERNETES_VERSION: &str = "1.30.0";
 /// list in step with the directories.
 pub const KUSTOMIZATIONS: &[&str] = &[
     "deploy/kubernetes/base",
+    "deploy/kubernetes/overlays/ha",
     "deploy/kubernetes/overlays/kube-prometheus",
     "deploy/kubernetes/overlays/sidecar",
 ];
