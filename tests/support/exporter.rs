@@ -436,16 +436,7 @@ impl Exporter {
     /// (HELP, TYPE and samples) of every `loadimpact_*` family that the
     /// webhooks produced.
     pub fn state_exposition(&self) -> Vec<String> {
-        self.scrape()
-            .lines()
-            .filter(|line| {
-                let name = line
-                    .trim_start_matches("# HELP ")
-                    .trim_start_matches("# TYPE ");
-                name.starts_with("loadimpact_") && !samples::is_per_process(name)
-            })
-            .map(str::to_owned)
-            .collect()
+        state_lines(&self.scrape())
     }
 
     /// Every sample of the scrape whose name starts with `loadimpact_`.
@@ -476,6 +467,22 @@ impl Exporter {
     pub fn runs_api(&self) -> Value {
         http::get_ok(&self.url("/api/v1/runs")).json()
     }
+}
+
+/// Of an exposition text, every line (HELP, TYPE and samples) of every
+/// `loadimpact_*` family but the process's own telemetry
+/// (`samples::is_per_process`): the state.
+pub fn state_lines(exposition: &str) -> Vec<String> {
+    exposition
+        .lines()
+        .filter(|line| {
+            let name = line
+                .trim_start_matches("# HELP ")
+                .trim_start_matches("# TYPE ");
+            name.starts_with("loadimpact_") && !samples::is_per_process(name)
+        })
+        .map(str::to_owned)
+        .collect()
 }
 
 /// The entry of `list` ("running" or "recent") of `/api/v1/runs` for run `id`.

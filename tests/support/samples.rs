@@ -25,10 +25,12 @@ pub const OUTCOMES: [&str; 9] = [
 ];
 
 /// Telemetry of the process itself (its store's commits, its open
-/// connections), not part of the state kept in the store.
-const PER_PROCESS_PREFIXES: [&str; 2] = [
+/// connections, with Redis its place in the shared log), not part of the
+/// state kept in the store: it differs between replicas.
+const PER_PROCESS_PREFIXES: [&str; 3] = [
     "loadimpact_exporter_store_",
     "loadimpact_exporter_connections",
+    "loadimpact_exporter_log_",
 ];
 
 /// True for a series (or metric name) of the process's own telemetry.
