@@ -383,7 +383,7 @@ impl Replica {
     }
 
     /// Stops reading and gives the lease up, so that another replica takes
-    /// over at once.
+    /// over at once, and takes this replica's report out of the trim rule.
     pub async fn stop(self) {
         for task in &self.tasks {
             task.abort();
@@ -394,6 +394,11 @@ impl Replica {
         let inner = &self.log.inner;
         if let Err(e) = inner.redis.release(&inner.replica_id).await {
             tracing::debug!(error = %e, "releasing the lease");
+        }
+        // Its report would hold back the trim until it ages out; a restart
+        // comes back under another id.
+        if let Err(e) = inner.redis.forget(std::slice::from_ref(&inner.replica_id)).await {
+            tracing::debug!(error = %e, "forgetting this replica's report");
         }
     }
 }
