@@ -13,7 +13,6 @@ use std::time::Duration;
 use support::files::{dashboards, read, repo};
 use support::http::{get, post_json};
 use support::tools::{require_tool, run_ok_in, stdout, Server};
-use support::wait_for;
 
 const RUNBOOK_BASE: &str =
     "https://github.com/loadimpact-exporter/loadimpact-exporter/blob/main/docs/runbooks.md#";
@@ -274,18 +273,30 @@ fn recording_rules_follow_the_level_metric_operations_convention() {
 
 #[test]
 fn exporter_down_matches_the_packaging_job_name() {
-    let down: Vec<Rule> = rules()
+    let down: BTreeMap<String, Rule> = rules()
         .into_iter()
         .filter(|r| r.alert.as_deref() == Some("LoadImpactExporterDown"))
+        .map(|r| (r.labels["severity"].clone(), r))
         .collect();
-    assert_eq!(down.len(), 1);
-    assert!(down[0]
-        .expr
-        .contains(r#"up{job="loadimpact-exporter"} == 0"#));
-    assert!(down[0]
-        .expr
-        .contains(r#"absent(up{job="loadimpact-exporter"})"#));
-    assert_eq!(down[0].for_.as_deref(), Some("5m"));
+    assert_eq!(
+        down.keys().map(String::as_str).collect::<Vec<_>>(),
+        ["critical", "warning"],
+        "one rule per severity"
+    );
+    // A warning per target that is down ...
+    assert_eq!(
+        down["warning"].expr.trim(),
+        r#"up{job="loadimpact-exporter"} == 0"#
+    );
+    // ... and the critical when none of the job's targets is up, or there is none.
+    let critical = &down["critical"].expr;
+    assert!(
+        critical.contains(r#"max without (instance, pod) (up{job="loadimpact-exporter"}) == 0"#)
+    );
+    assert!(critical.contains(r#"absent(up{job="loadimpact-exporter"})"#));
+    for rule in down.values() {
+        assert_eq!(rule.for_.as_deref(), Some("5m"));
+    }
     // The scrape-config example and the ServiceMonitor use that job name.
     let scrape = format!("{PROM_DIR}/prometheus.yml");
     if repo().join(&scrape).exists() {
@@ -333,7 +344,9 @@ fn alertmanager_example_is_valid_and_routes_by_severity() {
 
 /// A real Alertmanager with the example configuration: the critical
 /// LoadImpactFailedThresholdRateHigh inhibits the warning of the same project,
-/// not another project's.
+/// not another project's; the critical LoadImpactExporterDown (no target up)
+/// inhibits its per-target warnings and the job's other alerts, a warning (one
+/// replica of several down) inhibits nothing.
 #[test]
 fn alertmanager_inhibits_the_warning_under_the_critical() {
     let config = repo().join(PROM_DIR).join("alertmanager.yml");
@@ -346,46 +359,117 @@ fn alertmanager_inhibits_the_warning_under_the_critical() {
         ]
     });
 
-    let alert = |severity: &str, project: &str| {
-        json!({
-            "labels": {
-                "alertname": "LoadImpactFailedThresholdRateHigh",
-                "severity": severity,
-                "organization_id": "1",
-                "project_id": project,
-            },
-            "annotations": {"summary": "test"},
-        })
+    let alert = |labels: &[(&str, &str)]| {
+        let labels: serde_json::Map<String, Value> = labels
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), json!(v)))
+            .collect();
+        json!({"labels": labels, "annotations": {"summary": "test"}})
+    };
+    let threshold = |severity: &str, project: &str| {
+        alert(&[
+            ("alertname", "LoadImpactFailedThresholdRateHigh"),
+            ("severity", severity),
+            ("organization_id", "1"),
+            ("project_id", project),
+        ])
+    };
+    let down = |severity: &str, job: &str, instance: &str| {
+        let mut labels = vec![
+            ("alertname", "LoadImpactExporterDown"),
+            ("severity", severity),
+            ("job", job),
+        ];
+        if !instance.is_empty() {
+            labels.push(("instance", instance));
+        }
+        alert(&labels)
+    };
+    let rejections = |job: &str| {
+        alert(&[
+            ("alertname", "LoadImpactWebhookRejections"),
+            ("severity", "warning"),
+            ("job", job),
+        ])
     };
     let alerts = json!([
-        alert("critical", "2"),
-        alert("warning", "2"),
-        alert("warning", "3"),
+        threshold("critical", "2"),
+        threshold("warning", "2"),
+        threshold("warning", "3"),
+        // One of two replicas of job a down: nothing inhibited.
+        down("warning", "a", "a-0:16565"),
+        rejections("a"),
+        // Every target of job b down.
+        down("critical", "b", ""),
+        down("warning", "b", "b-0:16565"),
+        rejections("b"),
     ]);
     let resp = post_json(&alertmanager.url("/api/v2/alerts"), &alerts);
     assert_eq!(resp.status, 200, "post alerts: {}", resp.body);
 
-    let state = |list: &Value, severity: &str, project: &str| -> Option<(String, usize)> {
-        list.as_array()?.iter().find_map(|a| {
-            let labels = &a["labels"];
-            (labels["severity"] == severity && labels["project_id"] == project).then(|| {
+    // (alertname, severity, project or job) -> (state, inhibiting alerts)
+    let states = |list: &Value| -> BTreeMap<(String, String, String), (String, usize)> {
+        let text = |v: &Value| v.as_str().unwrap_or("").to_owned();
+        list.as_array()
+            .into_iter()
+            .flatten()
+            .map(|a| {
+                let labels = &a["labels"];
+                let whose = if labels["project_id"].is_string() {
+                    format!("project {}", text(&labels["project_id"]))
+                } else {
+                    format!("job {}", text(&labels["job"]))
+                };
                 (
-                    a["status"]["state"].as_str().unwrap_or("").to_owned(),
-                    a["status"]["inhibitedBy"].as_array().map_or(0, Vec::len),
+                    (text(&labels["alertname"]), text(&labels["severity"]), whose),
+                    (
+                        text(&a["status"]["state"]),
+                        a["status"]["inhibitedBy"].as_array().map_or(0, Vec::len),
+                    ),
                 )
             })
-        })
+            .collect()
     };
-    let list = wait_for(
-        "the warning to be inhibited",
-        Duration::from_secs(20),
-        || {
-            let list = get(&alertmanager.url("/api/v2/alerts")).json();
-            (state(&list, "warning", "2") == Some(("suppressed".into(), 1))).then_some(list)
-        },
-    );
-    assert_eq!(state(&list, "critical", "2"), Some(("active".into(), 0)));
-    assert_eq!(state(&list, "warning", "3"), Some(("active".into(), 0)));
+    let key = |name: &str, severity: &str, whose: &str| {
+        (
+            format!("LoadImpact{name}"),
+            severity.to_owned(),
+            whose.to_owned(),
+        )
+    };
+    let active = || ("active".to_owned(), 0);
+    let suppressed = || ("suppressed".to_owned(), 1);
+    let want: BTreeMap<_, _> = [
+        (
+            key("FailedThresholdRateHigh", "critical", "project 2"),
+            active(),
+        ),
+        (
+            key("FailedThresholdRateHigh", "warning", "project 2"),
+            suppressed(),
+        ),
+        (
+            key("FailedThresholdRateHigh", "warning", "project 3"),
+            active(),
+        ),
+        (key("ExporterDown", "warning", "job a"), active()),
+        (key("WebhookRejections", "warning", "job a"), active()),
+        (key("ExporterDown", "critical", "job b"), active()),
+        (key("ExporterDown", "warning", "job b"), suppressed()),
+        (key("WebhookRejections", "warning", "job b"), suppressed()),
+    ]
+    .into_iter()
+    .collect();
+    let mut last = BTreeMap::new();
+    let settled = std::time::Instant::now() + Duration::from_secs(20);
+    while std::time::Instant::now() < settled {
+        last = states(&get(&alertmanager.url("/api/v2/alerts")).json());
+        if last == want {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(last, want, "the alerts' states after 20 s");
 }
 
 // ------------------------------------------------------------------ dashboards
