@@ -307,6 +307,277 @@ fn exporter_down_matches_the_packaging_job_name() {
     }
 }
 
+// ------------------------------------------------------------------ replicas
+
+/// The aggregation operators of PromQL.
+const AGGREGATORS: [&str; 12] = [
+    "sum",
+    "min",
+    "max",
+    "avg",
+    "group",
+    "stddev",
+    "stdvar",
+    "count",
+    "count_values",
+    "bottomk",
+    "topk",
+    "quantile",
+];
+
+/// `expr` with the text of its string literals blanked out (same length), so
+/// that a parenthesis inside a label value is not read as one.
+fn without_strings(expr: &str) -> String {
+    let mut out = String::with_capacity(expr.len());
+    let mut quote = None;
+    let mut escaped = false;
+    for c in expr.chars() {
+        match quote {
+            Some(q) => {
+                if escaped {
+                    escaped = false;
+                } else if c == '\\' {
+                    escaped = true;
+                } else if c == q {
+                    quote = None;
+                    out.push(c);
+                    continue;
+                }
+                out.extend(std::iter::repeat_n(' ', c.len_utf8()));
+            }
+            None => {
+                if matches!(c, '"' | '\'' | '`') {
+                    quote = Some(c);
+                }
+                out.push(c);
+            }
+        }
+    }
+    out
+}
+
+/// The index of the parenthesis that matches the one at `at`: the `)` that
+/// closes a `(`, or the `(` that opens a `)`.
+fn matching_paren(text: &str, at: usize) -> Option<usize> {
+    let forward = text[at..].starts_with('(');
+    let (same, other) = if forward { ('(', ')') } else { (')', '(') };
+    let chars: Box<dyn Iterator<Item = (usize, char)>> = if forward {
+        Box::new(text.char_indices().skip_while(|(i, _)| *i < at))
+    } else {
+        Box::new(text[..=at].char_indices().rev())
+    };
+    let mut depth = 0;
+    for (i, c) in chars {
+        if c == same {
+            depth += 1;
+        } else if c == other {
+            depth -= 1;
+            if depth == 0 {
+                return Some(i);
+            }
+        }
+    }
+    None
+}
+
+/// The identifier that ends `text` (after trailing blanks), and where it starts.
+fn last_word(text: &str) -> (&str, usize) {
+    let text = text.trim_end();
+    let start = text
+        .rfind(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+        .map_or(0, |p| p + 1);
+    (&text[start..], start)
+}
+
+/// An aggregation in a PromQL expression, as in
+/// `max without (instance, pod) (increase(x[1h]))`.
+#[derive(Debug, Clone)]
+struct Aggregation {
+    /// `max`
+    op: String,
+    /// `without (instance, pod)`, or empty
+    clause: String,
+    /// `increase(x[1h])`
+    argument: String,
+}
+
+/// The aggregation nearest around byte `at` of `expr` (functions such as
+/// rate() and plain parentheses in between are looked through); `None` when
+/// nothing aggregates the series there.
+fn enclosing_aggregation(expr: &str, at: usize) -> Option<Aggregation> {
+    let mut end = at;
+    loop {
+        // The nearest `(` before `end` that is not closed before it.
+        let mut depth = 0;
+        let open = expr[..end].char_indices().rev().find_map(|(i, c)| {
+            match c {
+                ')' => depth += 1,
+                '(' if depth == 0 => return Some(i),
+                '(' => depth -= 1,
+                _ => {}
+            }
+            None
+        })?;
+        let before = expr[..open].trim_end();
+        let (head, clause) = match before.strip_suffix(')') {
+            // `by (…)` or `without (…)` between the operator and its argument.
+            Some(_) => {
+                let start = matching_paren(before, before.len() - 1)?;
+                let (keyword, at) = last_word(&before[..start]);
+                if keyword == "by" || keyword == "without" {
+                    let clause = format!("{keyword} {}", &before[start..]);
+                    (&before[..at], clause)
+                } else {
+                    (before, String::new())
+                }
+            }
+            None => (before, String::new()),
+        };
+        let (word, _) = last_word(head);
+        if AGGREGATORS.contains(&word) {
+            let close = matching_paren(expr, open)?;
+            let argument = expr[open + 1..close].trim().to_owned();
+            return Some(Aggregation {
+                op: word.to_owned(),
+                clause,
+                argument,
+            });
+        }
+        end = open;
+    }
+}
+
+/// Where the raw series of the exporter's shared state (`loadimpact_*`, not
+/// the per-process `loadimpact_exporter_*` nor a recording rule) are in
+/// `text`, and their names.
+fn state_series_at(text: &str) -> Vec<(usize, String)> {
+    let ident = |c: char| c.is_ascii_alphanumeric() || c == '_' || c == ':';
+    let mut out = Vec::new();
+    for (at, _) in text.match_indices("loadimpact_") {
+        if text[..at].chars().next_back().is_some_and(ident) {
+            continue;
+        }
+        let name: String = text[at..].chars().take_while(|c| ident(*c)).collect();
+        if name.contains(':') || name.starts_with("loadimpact_exporter_") {
+            continue;
+        }
+        out.push((at, name));
+    }
+    out
+}
+
+/// Every raw series of the shared state in `expr`, with the aggregation
+/// nearest around it.
+fn state_series(expr: &str) -> Vec<(String, Option<Aggregation>)> {
+    let text = without_strings(expr);
+    state_series_at(&text)
+        .into_iter()
+        .map(|(at, name)| (name, enclosing_aggregation(&text, at)))
+        .collect()
+}
+
+/// Several replicas on Redis export the same global values (each series once
+/// per replica, differing in `instance` and `pod`): every rule and every
+/// dashboard query must read one replica's value per series first, with
+/// `max without (instance, pod)` (or a `max` that keeps neither label)
+/// around that series alone (a function such as increase() in between), before
+/// any sum, count or match: `max by (…) (a * on (…) group_left b)` would
+/// still match each replica's `a` with every replica's `b`.
+#[test]
+fn every_query_reads_one_replica_per_series() {
+    let dedupes = |aggregation: &Aggregation| {
+        let Aggregation {
+            op,
+            clause,
+            argument,
+        } = aggregation;
+        op == "max"
+            && (clause.is_empty()
+                || clause == "without (instance, pod)"
+                || clause.starts_with("by (")
+                    && !clause.contains("instance")
+                    && !clause.contains("pod"))
+            && state_series_at(&without_strings(argument)).len() == 1
+    };
+    let mut queries: Vec<(String, String)> = rules()
+        .into_iter()
+        .map(|r| {
+            let name = r.record.or(r.alert).unwrap_or_default();
+            (format!("rule {name}"), r.expr)
+        })
+        .collect();
+    for dashboard in dashboards() {
+        let mut targets = Vec::new();
+        find_all(&dashboard.json, "targets", &mut targets);
+        for target in targets.iter().filter_map(|t| t.as_array()).flatten() {
+            if let Some(expr) = target["expr"].as_str() {
+                queries.push((dashboard.file.clone(), expr.to_owned()));
+            }
+        }
+    }
+    let mut seen = 0;
+    let mut wrong = Vec::new();
+    for (source, expr) in &queries {
+        for (series, aggregation) in state_series(expr) {
+            seen += 1;
+            if !aggregation.as_ref().is_some_and(dedupes) {
+                let how = aggregation.map_or("without aggregation".to_owned(), |a| {
+                    format!("under `{} {}`", a.op, a.clause)
+                });
+                wrong.push(format!("{source}: {series} {how} in {expr}"));
+            }
+        }
+    }
+    assert!(
+        wrong.is_empty(),
+        "not read through `max without (instance, pod)`:\n{}",
+        wrong.join("\n")
+    );
+    assert!(seen > 40, "only {seen} series found in the queries");
+}
+
+#[test]
+fn the_replica_check_reads_promql_right() {
+    let one = |expr: &str| {
+        let found = state_series(expr);
+        assert_eq!(found.len(), 1, "{expr}: {found:?}");
+        found[0]
+            .1
+            .clone()
+            .map(|a| format!("{} {}", a.op, a.clause).trim().to_owned())
+    };
+    for (expr, want) in [
+        ("loadimpact_spans_pending > 0", None),
+        ("sum(loadimpact_test_runs_running)", Some("sum")),
+        (
+            "sum by (a) (rate(loadimpact_x_total{code!~\"(2..)\"}[5m]))",
+            Some("sum by (a)"),
+        ),
+        (
+            "sum by (a) (max without (instance, pod) (increase(loadimpact_x_total[1h])))",
+            Some("max without (instance, pod)"),
+        ),
+        (
+            "histogram_quantile(0.5, sum by (le) (max without (instance, pod) (increase(loadimpact_x_bucket[1h]))))",
+            Some("max without (instance, pod)"),
+        ),
+        (
+            "time() - max by (event) (loadimpact_last_seconds)",
+            Some("max by (event)"),
+        ),
+    ] {
+        assert_eq!(one(expr).as_deref(), want, "{expr}");
+    }
+    assert!(state_series("a:loadimpact_x:ratio1h + loadimpact_exporter_build_info").is_empty());
+    // Both series of a match under one `max`: found, each with the whole match
+    // as the argument.
+    let found = state_series("max by (a) (loadimpact_x * on (a) group_left (n) loadimpact_y)");
+    assert_eq!(found.len(), 2);
+    assert!(found
+        .iter()
+        .all(|(_, agg)| agg.as_ref().is_some_and(|a| a.argument.contains('*'))));
+}
+
 // ------------------------------------------------------------------ Alertmanager
 
 #[test]
