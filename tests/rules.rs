@@ -13,7 +13,6 @@ use std::time::Duration;
 use support::files::{dashboards, read, repo};
 use support::http::{get, post_json};
 use support::tools::{require_tool, run_ok_in, stdout, Server};
-use support::wait_for;
 
 const RUNBOOK_BASE: &str =
     "https://github.com/loadimpact-exporter/loadimpact-exporter/blob/main/docs/runbooks.md#";
@@ -274,18 +273,30 @@ fn recording_rules_follow_the_level_metric_operations_convention() {
 
 #[test]
 fn exporter_down_matches_the_packaging_job_name() {
-    let down: Vec<Rule> = rules()
+    let down: BTreeMap<String, Rule> = rules()
         .into_iter()
         .filter(|r| r.alert.as_deref() == Some("LoadImpactExporterDown"))
+        .map(|r| (r.labels["severity"].clone(), r))
         .collect();
-    assert_eq!(down.len(), 1);
-    assert!(down[0]
-        .expr
-        .contains(r#"up{job="loadimpact-exporter"} == 0"#));
-    assert!(down[0]
-        .expr
-        .contains(r#"absent(up{job="loadimpact-exporter"})"#));
-    assert_eq!(down[0].for_.as_deref(), Some("5m"));
+    assert_eq!(
+        down.keys().map(String::as_str).collect::<Vec<_>>(),
+        ["critical", "warning"],
+        "one rule per severity"
+    );
+    // A warning per target that is down ...
+    assert_eq!(
+        down["warning"].expr.trim(),
+        r#"up{job="loadimpact-exporter"} == 0"#
+    );
+    // ... and the critical when none of the job's targets is up, or there is none.
+    let critical = &down["critical"].expr;
+    assert!(
+        critical.contains(r#"max without (instance, pod) (up{job="loadimpact-exporter"}) == 0"#)
+    );
+    assert!(critical.contains(r#"absent(up{job="loadimpact-exporter"})"#));
+    for rule in down.values() {
+        assert_eq!(rule.for_.as_deref(), Some("5m"));
+    }
     // The scrape-config example and the ServiceMonitor use that job name.
     let scrape = format!("{PROM_DIR}/prometheus.yml");
     if repo().join(&scrape).exists() {
@@ -294,6 +305,277 @@ fn exporter_down_matches_the_packaging_job_name() {
             "deploy/prometheus/prometheus.yml scrapes another job name"
         );
     }
+}
+
+// ------------------------------------------------------------------ replicas
+
+/// The aggregation operators of PromQL.
+const AGGREGATORS: [&str; 12] = [
+    "sum",
+    "min",
+    "max",
+    "avg",
+    "group",
+    "stddev",
+    "stdvar",
+    "count",
+    "count_values",
+    "bottomk",
+    "topk",
+    "quantile",
+];
+
+/// `expr` with the text of its string literals blanked out (same length), so
+/// that a parenthesis inside a label value is not read as one.
+fn without_strings(expr: &str) -> String {
+    let mut out = String::with_capacity(expr.len());
+    let mut quote = None;
+    let mut escaped = false;
+    for c in expr.chars() {
+        match quote {
+            Some(q) => {
+                if escaped {
+                    escaped = false;
+                } else if c == '\\' {
+                    escaped = true;
+                } else if c == q {
+                    quote = None;
+                    out.push(c);
+                    continue;
+                }
+                out.extend(std::iter::repeat_n(' ', c.len_utf8()));
+            }
+            None => {
+                if matches!(c, '"' | '\'' | '`') {
+                    quote = Some(c);
+                }
+                out.push(c);
+            }
+        }
+    }
+    out
+}
+
+/// The index of the parenthesis that matches the one at `at`: the `)` that
+/// closes a `(`, or the `(` that opens a `)`.
+fn matching_paren(text: &str, at: usize) -> Option<usize> {
+    let forward = text[at..].starts_with('(');
+    let (same, other) = if forward { ('(', ')') } else { (')', '(') };
+    let chars: Box<dyn Iterator<Item = (usize, char)>> = if forward {
+        Box::new(text.char_indices().skip_while(|(i, _)| *i < at))
+    } else {
+        Box::new(text[..=at].char_indices().rev())
+    };
+    let mut depth = 0;
+    for (i, c) in chars {
+        if c == same {
+            depth += 1;
+        } else if c == other {
+            depth -= 1;
+            if depth == 0 {
+                return Some(i);
+            }
+        }
+    }
+    None
+}
+
+/// The identifier that ends `text` (after trailing blanks), and where it starts.
+fn last_word(text: &str) -> (&str, usize) {
+    let text = text.trim_end();
+    let start = text
+        .rfind(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+        .map_or(0, |p| p + 1);
+    (&text[start..], start)
+}
+
+/// An aggregation in a PromQL expression, as in
+/// `max without (instance, pod) (increase(x[1h]))`.
+#[derive(Debug, Clone)]
+struct Aggregation {
+    /// `max`
+    op: String,
+    /// `without (instance, pod)`, or empty
+    clause: String,
+    /// `increase(x[1h])`
+    argument: String,
+}
+
+/// The aggregation nearest around byte `at` of `expr` (functions such as
+/// rate() and plain parentheses in between are looked through); `None` when
+/// nothing aggregates the series there.
+fn enclosing_aggregation(expr: &str, at: usize) -> Option<Aggregation> {
+    let mut end = at;
+    loop {
+        // The nearest `(` before `end` that is not closed before it.
+        let mut depth = 0;
+        let open = expr[..end].char_indices().rev().find_map(|(i, c)| {
+            match c {
+                ')' => depth += 1,
+                '(' if depth == 0 => return Some(i),
+                '(' => depth -= 1,
+                _ => {}
+            }
+            None
+        })?;
+        let before = expr[..open].trim_end();
+        let (head, clause) = match before.strip_suffix(')') {
+            // `by (…)` or `without (…)` between the operator and its argument.
+            Some(_) => {
+                let start = matching_paren(before, before.len() - 1)?;
+                let (keyword, at) = last_word(&before[..start]);
+                if keyword == "by" || keyword == "without" {
+                    let clause = format!("{keyword} {}", &before[start..]);
+                    (&before[..at], clause)
+                } else {
+                    (before, String::new())
+                }
+            }
+            None => (before, String::new()),
+        };
+        let (word, _) = last_word(head);
+        if AGGREGATORS.contains(&word) {
+            let close = matching_paren(expr, open)?;
+            let argument = expr[open + 1..close].trim().to_owned();
+            return Some(Aggregation {
+                op: word.to_owned(),
+                clause,
+                argument,
+            });
+        }
+        end = open;
+    }
+}
+
+/// Where the raw series of the exporter's shared state (`loadimpact_*`, not
+/// the per-process `loadimpact_exporter_*` nor a recording rule) are in
+/// `text`, and their names.
+fn state_series_at(text: &str) -> Vec<(usize, String)> {
+    let ident = |c: char| c.is_ascii_alphanumeric() || c == '_' || c == ':';
+    let mut out = Vec::new();
+    for (at, _) in text.match_indices("loadimpact_") {
+        if text[..at].chars().next_back().is_some_and(ident) {
+            continue;
+        }
+        let name: String = text[at..].chars().take_while(|c| ident(*c)).collect();
+        if name.contains(':') || name.starts_with("loadimpact_exporter_") {
+            continue;
+        }
+        out.push((at, name));
+    }
+    out
+}
+
+/// Every raw series of the shared state in `expr`, with the aggregation
+/// nearest around it.
+fn state_series(expr: &str) -> Vec<(String, Option<Aggregation>)> {
+    let text = without_strings(expr);
+    state_series_at(&text)
+        .into_iter()
+        .map(|(at, name)| (name, enclosing_aggregation(&text, at)))
+        .collect()
+}
+
+/// Several replicas on Redis export the same global values (each series once
+/// per replica, differing in `instance` and `pod`): every rule and every
+/// dashboard query must read one replica's value per series first, with
+/// `max without (instance, pod)` (or a `max` that keeps neither label)
+/// around that series alone (a function such as increase() in between), before
+/// any sum, count or match: `max by (…) (a * on (…) group_left b)` would
+/// still match each replica's `a` with every replica's `b`.
+#[test]
+fn every_query_reads_one_replica_per_series() {
+    let dedupes = |aggregation: &Aggregation| {
+        let Aggregation {
+            op,
+            clause,
+            argument,
+        } = aggregation;
+        op == "max"
+            && (clause.is_empty()
+                || clause == "without (instance, pod)"
+                || clause.starts_with("by (")
+                    && !clause.contains("instance")
+                    && !clause.contains("pod"))
+            && state_series_at(&without_strings(argument)).len() == 1
+    };
+    let mut queries: Vec<(String, String)> = rules()
+        .into_iter()
+        .map(|r| {
+            let name = r.record.or(r.alert).unwrap_or_default();
+            (format!("rule {name}"), r.expr)
+        })
+        .collect();
+    for dashboard in dashboards() {
+        let mut targets = Vec::new();
+        find_all(&dashboard.json, "targets", &mut targets);
+        for target in targets.iter().filter_map(|t| t.as_array()).flatten() {
+            if let Some(expr) = target["expr"].as_str() {
+                queries.push((dashboard.file.clone(), expr.to_owned()));
+            }
+        }
+    }
+    let mut seen = 0;
+    let mut wrong = Vec::new();
+    for (source, expr) in &queries {
+        for (series, aggregation) in state_series(expr) {
+            seen += 1;
+            if !aggregation.as_ref().is_some_and(dedupes) {
+                let how = aggregation.map_or("without aggregation".to_owned(), |a| {
+                    format!("under `{} {}`", a.op, a.clause)
+                });
+                wrong.push(format!("{source}: {series} {how} in {expr}"));
+            }
+        }
+    }
+    assert!(
+        wrong.is_empty(),
+        "not read through `max without (instance, pod)`:\n{}",
+        wrong.join("\n")
+    );
+    assert!(seen > 40, "only {seen} series found in the queries");
+}
+
+#[test]
+fn the_replica_check_reads_promql_right() {
+    let one = |expr: &str| {
+        let found = state_series(expr);
+        assert_eq!(found.len(), 1, "{expr}: {found:?}");
+        found[0]
+            .1
+            .clone()
+            .map(|a| format!("{} {}", a.op, a.clause).trim().to_owned())
+    };
+    for (expr, want) in [
+        ("loadimpact_spans_pending > 0", None),
+        ("sum(loadimpact_test_runs_running)", Some("sum")),
+        (
+            "sum by (a) (rate(loadimpact_x_total{code!~\"(2..)\"}[5m]))",
+            Some("sum by (a)"),
+        ),
+        (
+            "sum by (a) (max without (instance, pod) (increase(loadimpact_x_total[1h])))",
+            Some("max without (instance, pod)"),
+        ),
+        (
+            "histogram_quantile(0.5, sum by (le) (max without (instance, pod) (increase(loadimpact_x_bucket[1h]))))",
+            Some("max without (instance, pod)"),
+        ),
+        (
+            "time() - max by (event) (loadimpact_last_seconds)",
+            Some("max by (event)"),
+        ),
+    ] {
+        assert_eq!(one(expr).as_deref(), want, "{expr}");
+    }
+    assert!(state_series("a:loadimpact_x:ratio1h + loadimpact_exporter_build_info").is_empty());
+    // Both series of a match under one `max`: found, each with the whole match
+    // as the argument.
+    let found = state_series("max by (a) (loadimpact_x * on (a) group_left (n) loadimpact_y)");
+    assert_eq!(found.len(), 2);
+    assert!(found
+        .iter()
+        .all(|(_, agg)| agg.as_ref().is_some_and(|a| a.argument.contains('*'))));
 }
 
 // ------------------------------------------------------------------ Alertmanager
@@ -333,7 +615,9 @@ fn alertmanager_example_is_valid_and_routes_by_severity() {
 
 /// A real Alertmanager with the example configuration: the critical
 /// LoadImpactFailedThresholdRateHigh inhibits the warning of the same project,
-/// not another project's.
+/// not another project's; the critical LoadImpactExporterDown (no target up)
+/// inhibits its per-target warnings and the job's other alerts, a warning (one
+/// replica of several down) inhibits nothing.
 #[test]
 fn alertmanager_inhibits_the_warning_under_the_critical() {
     let config = repo().join(PROM_DIR).join("alertmanager.yml");
@@ -346,46 +630,117 @@ fn alertmanager_inhibits_the_warning_under_the_critical() {
         ]
     });
 
-    let alert = |severity: &str, project: &str| {
-        json!({
-            "labels": {
-                "alertname": "LoadImpactFailedThresholdRateHigh",
-                "severity": severity,
-                "organization_id": "1",
-                "project_id": project,
-            },
-            "annotations": {"summary": "test"},
-        })
+    let alert = |labels: &[(&str, &str)]| {
+        let labels: serde_json::Map<String, Value> = labels
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), json!(v)))
+            .collect();
+        json!({"labels": labels, "annotations": {"summary": "test"}})
+    };
+    let threshold = |severity: &str, project: &str| {
+        alert(&[
+            ("alertname", "LoadImpactFailedThresholdRateHigh"),
+            ("severity", severity),
+            ("organization_id", "1"),
+            ("project_id", project),
+        ])
+    };
+    let down = |severity: &str, job: &str, instance: &str| {
+        let mut labels = vec![
+            ("alertname", "LoadImpactExporterDown"),
+            ("severity", severity),
+            ("job", job),
+        ];
+        if !instance.is_empty() {
+            labels.push(("instance", instance));
+        }
+        alert(&labels)
+    };
+    let rejections = |job: &str| {
+        alert(&[
+            ("alertname", "LoadImpactWebhookRejections"),
+            ("severity", "warning"),
+            ("job", job),
+        ])
     };
     let alerts = json!([
-        alert("critical", "2"),
-        alert("warning", "2"),
-        alert("warning", "3"),
+        threshold("critical", "2"),
+        threshold("warning", "2"),
+        threshold("warning", "3"),
+        // One of two replicas of job a down: nothing inhibited.
+        down("warning", "a", "a-0:16565"),
+        rejections("a"),
+        // Every target of job b down.
+        down("critical", "b", ""),
+        down("warning", "b", "b-0:16565"),
+        rejections("b"),
     ]);
     let resp = post_json(&alertmanager.url("/api/v2/alerts"), &alerts);
     assert_eq!(resp.status, 200, "post alerts: {}", resp.body);
 
-    let state = |list: &Value, severity: &str, project: &str| -> Option<(String, usize)> {
-        list.as_array()?.iter().find_map(|a| {
-            let labels = &a["labels"];
-            (labels["severity"] == severity && labels["project_id"] == project).then(|| {
+    // (alertname, severity, project or job) -> (state, inhibiting alerts)
+    let states = |list: &Value| -> BTreeMap<(String, String, String), (String, usize)> {
+        let text = |v: &Value| v.as_str().unwrap_or("").to_owned();
+        list.as_array()
+            .into_iter()
+            .flatten()
+            .map(|a| {
+                let labels = &a["labels"];
+                let whose = if labels["project_id"].is_string() {
+                    format!("project {}", text(&labels["project_id"]))
+                } else {
+                    format!("job {}", text(&labels["job"]))
+                };
                 (
-                    a["status"]["state"].as_str().unwrap_or("").to_owned(),
-                    a["status"]["inhibitedBy"].as_array().map_or(0, Vec::len),
+                    (text(&labels["alertname"]), text(&labels["severity"]), whose),
+                    (
+                        text(&a["status"]["state"]),
+                        a["status"]["inhibitedBy"].as_array().map_or(0, Vec::len),
+                    ),
                 )
             })
-        })
+            .collect()
     };
-    let list = wait_for(
-        "the warning to be inhibited",
-        Duration::from_secs(20),
-        || {
-            let list = get(&alertmanager.url("/api/v2/alerts")).json();
-            (state(&list, "warning", "2") == Some(("suppressed".into(), 1))).then_some(list)
-        },
-    );
-    assert_eq!(state(&list, "critical", "2"), Some(("active".into(), 0)));
-    assert_eq!(state(&list, "warning", "3"), Some(("active".into(), 0)));
+    let key = |name: &str, severity: &str, whose: &str| {
+        (
+            format!("LoadImpact{name}"),
+            severity.to_owned(),
+            whose.to_owned(),
+        )
+    };
+    let active = || ("active".to_owned(), 0);
+    let suppressed = || ("suppressed".to_owned(), 1);
+    let want: BTreeMap<_, _> = [
+        (
+            key("FailedThresholdRateHigh", "critical", "project 2"),
+            active(),
+        ),
+        (
+            key("FailedThresholdRateHigh", "warning", "project 2"),
+            suppressed(),
+        ),
+        (
+            key("FailedThresholdRateHigh", "warning", "project 3"),
+            active(),
+        ),
+        (key("ExporterDown", "warning", "job a"), active()),
+        (key("WebhookRejections", "warning", "job a"), active()),
+        (key("ExporterDown", "critical", "job b"), active()),
+        (key("ExporterDown", "warning", "job b"), suppressed()),
+        (key("WebhookRejections", "warning", "job b"), suppressed()),
+    ]
+    .into_iter()
+    .collect();
+    let mut last = BTreeMap::new();
+    let settled = std::time::Instant::now() + Duration::from_secs(20);
+    while std::time::Instant::now() < settled {
+        last = states(&get(&alertmanager.url("/api/v2/alerts")).json());
+        if last == want {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(last, want, "the alerts' states after 20 s");
 }
 
 // ------------------------------------------------------------------ dashboards
