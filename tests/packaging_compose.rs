@@ -1,9 +1,11 @@
 //! Packaging as a docker-compose stack: `docker-compose.yml` valid against
 //! the Compose specification's schema and complete (every service, pinned
 //! images, mounts that exist, hosts that are its services, Grafana's data
-//! sources and dashboards), and the exporter service's environment and
-//! mounted token file on the real binary: the webhook on its own port behind
-//! the token, the metrics on the other.
+//! sources and dashboards), and the exporter services' environment and
+//! mounted token file on the real binary: two replicas on a real Redis
+//! (the stack's, with `appendfsync always`), the webhook on its own port
+//! behind the token, the metrics on the other, and a run started on one
+//! replica and finished on the other counted once on both.
 
 mod manifests;
 mod support;
@@ -12,9 +14,12 @@ use std::collections::BTreeSet;
 
 use manifests::*;
 use serde_json::{json, Value};
+use support::deliveries::{post, Run};
 use support::exporter::Exporter;
 use support::files::{dashboards, parse_yaml, read, read_path, repo};
 use support::http::get;
+use support::redis::Redis;
+use support::samples::sample;
 use support::tools::{require_tool, run_ok};
 
 #[test]
@@ -31,7 +36,15 @@ fn the_compose_stack_is_valid_and_complete() {
     let compose = parse_yaml(&read("docker-compose.yml"), "docker-compose.yml");
     let services = compose["services"].as_object().expect("services");
     let names: BTreeSet<&str> = services.keys().map(String::as_str).collect();
-    for wanted in [EXPORTER, "prometheus", "alertmanager", "grafana", "tempo"] {
+    for wanted in [
+        EXPORTER,
+        SECOND_REPLICA,
+        "redis",
+        "prometheus",
+        "alertmanager",
+        "grafana",
+        "tempo",
+    ] {
         assert!(
             names.contains(wanted),
             "docker-compose.yml: service {wanted}"
@@ -94,11 +107,37 @@ fn the_compose_stack_is_valid_and_complete() {
     assert!(strings(&services["grafana"]["volumes"])
         .iter()
         .any(|v| v.starts_with("./dashboards:")));
-    // Prometheus in compose scrapes the exporter by its service name.
+    // Prometheus in compose scrapes both replicas by their service names.
     assert_eq!(
         exporter_job_targets("deploy/prometheus/prometheus.yml"),
-        json!([format!("{EXPORTER}:{METRICS_PORT}")]),
-        "Prometheus scrapes the metrics port"
+        json!([
+            format!("{EXPORTER}:{METRICS_PORT}"),
+            format!("{SECOND_REPLICA}:{METRICS_PORT}")
+        ]),
+        "Prometheus scrapes each replica's metrics port"
+    );
+    // The replicas share one environment (so one set of rules) and one
+    // Redis, which fsyncs every write; each has its own snapshot volume.
+    let second = &services[SECOND_REPLICA];
+    assert_eq!(second["environment"], exporter["environment"]);
+    assert_eq!(
+        exporter["environment"]["LOADIMPACT_EXPORTER_STORAGE_BACKEND"],
+        "redis"
+    );
+    assert_eq!(
+        exporter["environment"]["LOADIMPACT_EXPORTER_REDIS_URL"],
+        REDIS_URL
+    );
+    assert_eq!(second["image"], exporter["image"]);
+    assert!(strings(&second["volumes"]).contains(&"exporter-2-data:/data"));
+    let redis = strings(&services["redis"]["command"]).join(" ");
+    assert!(
+        redis.contains("--appendonly yes") && redis.contains("--appendfsync always"),
+        "the stack's Redis fsyncs every write: {redis}"
+    );
+    assert!(
+        services["redis"]["ports"].is_null(),
+        "the stack's Redis (no password) is not published"
     );
 
     // Every host the stack's configurations name is one of its services.
@@ -226,12 +265,59 @@ fn the_compose_environment_and_token_file_secure_the_real_binary() {
         "the token comes from the file"
     );
     // The launcher's flags put both listeners on free loopback ports; the
-    // rest is the compose environment's.
-    let exporter = Exporter::builder().webhook_listener().envs(&env).start();
-    let resp = get(&exporter.url("/-/ready"));
-    assert_eq!(resp.status, 200, "{}", resp.body);
-    assert_webhook_secured(&exporter, "/webhook", tokens[0], "docker-compose.yml");
+    // stack's Redis is a real one on another; the rest is the compose
+    // environment's. Two replicas, as the stack runs them.
+    let redis = Redis::start();
+    let env: Vec<(String, String)> = env
+        .into_iter()
+        .map(|(k, v)| {
+            let v = if v == REDIS_URL { redis.url() } else { v };
+            (k, v)
+        })
+        .collect();
+    let replicas: Vec<Exporter> = (0..2)
+        .map(|_| Exporter::builder().webhook_listener().envs(&env).start())
+        .collect();
+    for exporter in &replicas {
+        let resp = get(&exporter.url("/-/ready"));
+        assert_eq!(resp.status, 200, "{}", resp.body);
+        assert_webhook_secured(exporter, "/webhook", tokens[0], "docker-compose.yml");
+    }
+    // A run started on one replica and finished on the other: once, on both.
+    let run = Run::new(5, 50, 500, 5_000);
+    let target = |e: &Exporter| e.webhook_url(&format!("/webhook/{}", tokens[0]));
+    assert_eq!(
+        post(&target(&replicas[0]), &run.started(), "compose-start").status,
+        200
+    );
+    assert_eq!(
+        post(
+            &target(&replicas[1]),
+            &run.finished(3, Some("Finished")),
+            "compose-finish"
+        )
+        .status,
+        200
+    );
+    for exporter in &replicas {
+        support::wait_for(
+            "the finish on both replicas",
+            std::time::Duration::from_secs(10),
+            || {
+                let s = exporter.samples();
+                (sample(&s, &run.finished_total("finished")) == 1.0).then_some(())
+            },
+        );
+        let s = exporter.samples();
+        assert_eq!(sample(&s, &run.running()), 0.0);
+        assert_eq!(sample(&s, &run.started_total()), 1.0);
+    }
 }
+
+/// The second replica of the stack.
+const SECOND_REPLICA: &str = "loadimpact-exporter-2";
+/// The stack's Redis, as the replicas' environment names it.
+const REDIS_URL: &str = "redis://redis:6379/0";
 
 /// `value` with a path inside the container (the target of one of the
 /// service's `./source:/target[:ro]` bind mounts, or under it) replaced by

@@ -397,7 +397,11 @@ impl Replica {
         }
         // Its report would hold back the trim until it ages out; a restart
         // comes back under another id.
-        if let Err(e) = inner.redis.forget(std::slice::from_ref(&inner.replica_id)).await {
+        if let Err(e) = inner
+            .redis
+            .forget(std::slice::from_ref(&inner.replica_id))
+            .await
+        {
             tracing::debug!(error = %e, "forgetting this replica's report");
         }
     }
