@@ -170,14 +170,10 @@ fn simulate(url: &str, args: &[&str]) -> support::process::ChildGuard {
     let mut all = vec!["simulate", "--url", url];
     // Runs last 2 to 6 s: at least one scrape (1 s) sees each project's
     // zero-valued series before its first finish, so increase() counts it.
-    all.extend([
-        "--projects",
-        "1",
-        "--interval",
-        "50ms",
-        "--run-duration",
-        "4s",
-    ]);
+    all.extend(["--projects", "1", "--run-duration", "4s"]);
+    if !args.contains(&"--interval") {
+        all.extend(["--interval", "50ms"]);
+    }
     all.extend([
         "--duplicate-ratio",
         "0.2",
@@ -250,6 +246,12 @@ const SCENARIO: [(&str, &[&str]); 8] = [
             "finished=1,aborted_by_user=1,aborted_by_system=1",
             "--seed",
             "11",
+            // The panels' project: its finishes 1.2 s apart, so that a
+            // scrape (1 s) falls between any two. A duration histogram's
+            // series appears with its outcome's first finish, and increase()
+            // counts only what a later scrape sees move.
+            "--interval",
+            "1200ms",
         ],
     ),
     // 12: 2 of 6 failed threshold (33%) -> FailedThresholdRateHigh warning only.
