@@ -385,12 +385,18 @@ fn a_mixed_stream_duplicated_and_reordered_counts_exactly() {
         );
     }
     // Everything again, in the other mix: nothing moves.
-    let durations = sum_of(&mixed.samples(), "loadimpact_test_run_duration_seconds_count");
+    let durations = sum_of(
+        &mixed.samples(),
+        "loadimpact_test_run_duration_seconds_count",
+    );
     simulate(&mixed, "k6cloud");
     simulate(&mixed, "legacy");
     assert_eq!(run_counts(&mixed), want, "replays changed a count");
     assert_eq!(
-        sum_of(&mixed.samples(), "loadimpact_test_run_duration_seconds_count"),
+        sum_of(
+            &mixed.samples(),
+            "loadimpact_test_run_duration_seconds_count"
+        ),
         durations,
         "replays observed a duration again"
     );

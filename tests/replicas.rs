@@ -31,6 +31,11 @@
 //! - Redis `kill -9`ed under concurrent posters and started again loses no
 //!   acknowledged delivery, and after re-sending what got no 2xx every run
 //!   counts exactly once on both replicas.
+//! - the Redis password, read from `--storage.redis-url-file`, shows in no
+//!   log line (debug level), page or answer, with the right password or a
+//!   wrong one (then: healthy, not ready, 503);
+//! - `--storage.redis-wait-replicas=1` answers 2xx while a Redis replica
+//!   has the entry, and 503 once there is none.
 //!
 //! Each exporter logs to a file that is printed when a test fails.
 
@@ -1176,4 +1181,107 @@ fn redis_killed_under_posters_and_started_again_loses_no_acknowledged_delivery()
 
     let s = samples_of(&agreed(&[&a, &b]));
     check_then_resend(&posted, ORG, &s, &[&a, &b]);
+}
+
+#[test]
+fn the_redis_password_comes_from_a_file_and_never_shows() {
+    const PASSWORD: &str = "s3cr3t-Pa55word-9f8e7d";
+    let redis = Redis::start_with(&["--requirepass", PASSWORD]);
+    let logs = Logs::new();
+    let secrets = tempfile::tempdir().expect("temp dir");
+    let url_file = secrets.path().join("url");
+    std::fs::write(
+        &url_file,
+        format!("redis://:{PASSWORD}@127.0.0.1:{}/0\n", redis.port()),
+    )
+    .expect("write the URL file");
+    let launch = |name: &str, file: &std::path::Path| {
+        Exporter::builder()
+            .args([
+                "--storage.backend=redis".to_owned(),
+                format!("--storage.redis-url-file={}", file.display()),
+                "--storage.redis-prefix=password".to_owned(),
+                "--log.level=debug".to_owned(),
+            ])
+            .log_to(&logs.path(name))
+    };
+    let good = launch("good", &url_file).start();
+    good.post_expect(&Run::new(1, 2, 3, 4).started(), "accepted");
+    // A wrong password: the replica runs, healthy and never ready, and says
+    // why without showing either password.
+    let wrong_file = secrets.path().join("wrong");
+    std::fs::write(
+        &wrong_file,
+        format!("redis://:not-the-{PASSWORD}@127.0.0.1:{}/0", redis.port()),
+    )
+    .expect("write the URL file");
+    let wrong = launch("wrong", &wrong_file)
+        .ready_when(|port| {
+            http::try_get(&format!("http://127.0.0.1:{port}/-/healthy"))
+                .is_some_and(|r| r.status == 200)
+        })
+        .start();
+    let answer = wrong.post(&Run::new(1, 2, 3, 5).started());
+    assert_eq!(answer.status, 503, "{}", answer.body);
+    assert_eq!(http::get(&wrong.url("/-/ready")).status, 503);
+    let mut shown = vec![answer.body.clone()];
+    for exporter in [&good, &wrong] {
+        for page in ["/metrics", "/", "/api/v1/runs", "/-/ready"] {
+            shown.push(http::get(&exporter.url(page)).body);
+        }
+    }
+    // Give the wrong one time to log its retries.
+    std::thread::sleep(Duration::from_secs(2));
+    for name in ["good", "wrong"] {
+        let log = std::fs::read_to_string(logs.path(name)).expect("the log");
+        assert!(
+            log.contains("***@127.0.0.1"),
+            "{name}: the URL is logged redacted\n{log}"
+        );
+        shown.push(log);
+    }
+    for text in shown {
+        assert!(!text.contains(PASSWORD), "the password shows in:\n{text}");
+    }
+}
+
+#[test]
+fn wait_replicas_answers_only_once_a_redis_replica_has_the_entry() {
+    let primary = Redis::start();
+    let mut secondary =
+        Redis::start_with(&["--replicaof", "127.0.0.1", &primary.port().to_string()]);
+    wait_for("the Redis replica to sync", Duration::from_secs(20), || {
+        primary
+            .cli(&["INFO", "replication"])
+            .contains("state=online")
+            .then_some(())
+    });
+    let logs = Logs::new();
+    let exporter = replica(
+        Exporter::builder().arg("--storage.redis-wait-replicas=1"),
+        &primary,
+        "wait",
+        &logs,
+        "a",
+    )
+    .start();
+    let run = Run::new(6, 60, 600, 6_000);
+    exporter.post_expect(&run.started(), "accepted");
+    // The entry is on the Redis replica too.
+    assert!(secondary.cli_int(&["XLEN", "wait:log"]) >= 1);
+    // Without the Redis replica, WAIT sees none: 503, and the sender retries.
+    secondary.stop();
+    wait_for(
+        "the primary to see its replica gone",
+        Duration::from_secs(20),
+        || {
+            primary
+                .cli(&["INFO", "replication"])
+                .contains("connected_slaves:0")
+                .then_some(())
+        },
+    );
+    let answer = exporter.post(&run.finished(3, Some("Finished")));
+    assert_eq!(answer.status, 503, "{}", answer.body);
+    assert!(answer.body.contains("replicas"), "{}", answer.body);
 }

@@ -179,7 +179,9 @@ impl LogHandle {
     /// Appends an input nobody waits for (the lease holder's clock ticks).
     async fn append_only(&self, input: Input) -> Result<(), WriteError> {
         let record = serde_json::to_vec(&input).map_err(|e| WriteError::Store(e.to_string()))?;
-        self.append(vec![(String::new(), record)]).await
+        self.append(vec![(String::new(), record)])
+            .await
+            .map_err(|(e, _)| e)
     }
 
     fn uncount(&self, code: u16) {
@@ -209,9 +211,9 @@ impl LogHandle {
             self.inner.next_nonce.fetch_add(1, Ordering::Relaxed)
         );
         self.waiters().insert(nonce.clone(), reply);
-        if let Err(e) = self.append(vec![(nonce.clone(), record)]).await {
+        if let Err((e, appended)) = self.append(vec![(nonce.clone(), record)]).await {
             self.waiters().remove(&nonce);
-            if uncounted != 0 {
+            if uncounted != 0 && !appended {
                 self.uncount(uncounted);
             }
             return Err(e);
@@ -232,13 +234,18 @@ impl LogHandle {
         self.inner.waiters.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Appends `entries`, after the rejections not yet counted.
-    async fn append(&self, entries: Vec<(String, Vec<u8>)>) -> Result<(), WriteError> {
+    /// Appends `entries`, after the rejections not yet counted. On an error,
+    /// whether the entries are in the log all the same (appended, but not
+    /// on enough Redis replicas): they then count as the log says.
+    async fn append(&self, entries: Vec<(String, Vec<u8>)>) -> Result<(), (WriteError, bool)> {
         let owed = self.take_uncounted();
         let mut all = Vec::with_capacity(entries.len());
+        let rejected = |code: u16| {
+            serde_json::to_vec(&Input::Rejected { code })
+                .map_err(|e| (WriteError::Store(e.to_string()), false))
+        };
         for (code, n) in &owed {
-            let record = serde_json::to_vec(&Input::Rejected { code: *code })
-                .map_err(|e| WriteError::Store(e.to_string()))?;
+            let record = rejected(*code)?;
             for _ in 0..*n {
                 all.push((String::new(), record.clone()));
             }
@@ -248,6 +255,13 @@ impl LogHandle {
             Ok(()) => {
                 self.inner.metrics.appends.inc();
                 Ok(())
+            }
+            Err(e @ redis::AppendError::NotReplicated { .. }) => {
+                self.inner.metrics.append_failures.inc();
+                Err((
+                    WriteError::Store(format!("the shared log (Redis): {e}")),
+                    true,
+                ))
             }
             Err(e) => {
                 self.inner.metrics.append_failures.inc();
@@ -259,7 +273,10 @@ impl LogHandle {
                 for (code, n) in owed {
                     *uncounted.entry(code).or_insert(0) += n;
                 }
-                Err(WriteError::Store(format!("the shared log (Redis): {e}")))
+                Err((
+                    WriteError::Store(format!("the shared log (Redis): {e}")),
+                    false,
+                ))
             }
         }
     }

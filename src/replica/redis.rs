@@ -43,6 +43,18 @@ end
 return 0
 ";
 
+/// Why an append was not confirmed.
+#[derive(Debug, thiserror::Error)]
+pub enum AppendError {
+    /// Nothing was appended, or Redis did not say.
+    #[error(transparent)]
+    Redis(#[from] redis::RedisError),
+    /// Appended on the primary, but fewer Redis replicas than
+    /// `--storage.redis-wait-replicas` have it within a second.
+    #[error("appended, but only {acknowledged} of the {wanted} Redis replicas asked for (--storage.redis-wait-replicas) have it")]
+    NotReplicated { acknowledged: i64, wanted: u32 },
+}
+
 /// One entry as read from the stream.
 #[derive(Debug, Clone)]
 pub struct RawEntry {
@@ -116,7 +128,7 @@ impl RedisLog {
 
     /// Appends `(nonce, record)` pairs, in order, and returns once Redis has
     /// them (and, with `--storage.redis-wait-replicas`, its replicas too).
-    pub async fn append(&self, entries: &[(String, Vec<u8>)]) -> RedisResult<()> {
+    pub async fn append(&self, entries: &[(String, Vec<u8>)]) -> Result<(), AppendError> {
         let mut conn = self.conn.clone();
         let script = Script::new(APPEND);
         let mut invocation = script.key(self.key("log"));
@@ -132,11 +144,10 @@ impl RedisLog {
                 .query_async(&mut conn)
                 .await?;
             if acknowledged < i64::from(self.wait_replicas) {
-                return Err(redis::RedisError::from((
-                    redis::ErrorKind::Io,
-                    "too few Redis replicas acknowledged the append",
-                    format!("{acknowledged} of {}", self.wait_replicas),
-                )));
+                return Err(AppendError::NotReplicated {
+                    acknowledged,
+                    wanted: self.wait_replicas,
+                });
             }
         }
         Ok(())

@@ -23,15 +23,24 @@ pub struct Redis {
     process: Option<ChildGuard>,
     port: u16,
     dir: tempfile::TempDir,
+    /// More `redis-server` flags (`--requirepass`, `--replicaof`).
+    extra: Vec<String>,
 }
 
 impl Redis {
     /// Starts `redis-server` on a free port and waits until it answers PING.
     pub fn start() -> Redis {
+        Redis::start_with(&[])
+    }
+
+    /// [`Redis::start`] with more `redis-server` flags, kept for
+    /// `start_again`.
+    pub fn start_with(extra: &[&str]) -> Redis {
         let mut redis = Redis {
             process: None,
             port: free_port(),
             dir: tempfile::tempdir().expect("temp dir"),
+            extra: extra.iter().map(|a| a.to_string()).collect(),
         };
         redis.spawn();
         redis
@@ -60,6 +69,7 @@ impl Redis {
                 .args(["--appendfsync", "always"])
                 .args(["--daemonize", "no"])
                 .args(["--logfile", ""])
+                .args(&self.extra)
                 .stdin(Stdio::null())
                 .stdout(open())
                 .stderr(open()),
@@ -151,7 +161,8 @@ impl Redis {
     }
 }
 
-/// A raw `PING` on `port`: true when the answer is `+PONG`.
+/// A raw `PING` on `port`: true when the answer is `+PONG`, or `-NOAUTH`
+/// from a Redis that wants a password (it answers all the same).
 pub fn ping(port: u16) -> bool {
     let Ok(mut stream) =
         TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), Duration::from_millis(500))
@@ -170,7 +181,7 @@ pub fn ping(port: u16) -> bool {
             Ok(n) => got += n,
         }
     }
-    &answer[..got] == b"+PONG\r\n"
+    &answer[..got] == b"+PONG\r\n" || answer[..got].starts_with(b"-NOAUTH")
 }
 
 /// The Redis flags of a replica.
