@@ -129,6 +129,20 @@ enum Request {
     Control(Control),
 }
 
+impl Request {
+    /// Answers an input that is not applied with `error` (a gone receiver
+    /// is the client's business).
+    fn refuse(self, error: WriteError) {
+        match self {
+            Request::Webhook { reply, .. } => drop(reply.send(Err(error))),
+            Request::Other { reply, .. } => {
+                reply.map(|reply| reply.send(Err(error)));
+            }
+            Request::Control(_) => {}
+        }
+    }
+}
+
 /// Operations on the whole store, for a replica following a shared log.
 enum Control {
     /// Replace everything by a snapshot taken at `position`.
@@ -488,13 +502,7 @@ impl Writer {
             let error = self.failed(&mut state, Changes::default(), webhooks, group_len, e);
             drop(state);
             for request in group {
-                match request {
-                    Request::Webhook { reply, .. } => drop(reply.send(Err(error.clone()))),
-                    Request::Other { reply, .. } => {
-                        reply.map(|reply| reply.send(Err(error.clone())));
-                    }
-                    Request::Control(_) => {}
-                }
+                request.refuse(error.clone());
             }
             return;
         }
@@ -671,14 +679,7 @@ impl Writer {
                             "a log entry out of order; reading the log again from the stored position"
                         );
                     }
-                    let error = WriteError::Store("the log is being read again".into());
-                    match request {
-                        Request::Webhook { reply, .. } => drop(reply.send(Err(error))),
-                        Request::Other { reply, .. } => {
-                            reply.map(|reply| reply.send(Err(error)));
-                        }
-                        Request::Control(_) => {}
-                    }
+                    request.refuse(WriteError::Store("the log is being read again".into()));
                 }
                 Some(_) => {
                     next += 1;

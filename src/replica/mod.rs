@@ -184,13 +184,16 @@ impl LogHandle {
             .map_err(|(e, _)| e)
     }
 
-    fn uncount(&self, code: u16) {
-        let mut uncounted = self
-            .inner
+    /// Keeps `n` rejected requests of `code` to count with the next append.
+    fn uncount(&self, code: u16, n: u64) {
+        *self.uncounted().entry(code).or_insert(0) += n;
+    }
+
+    fn uncounted(&self) -> std::sync::MutexGuard<'_, HashMap<u16, u64>> {
+        self.inner
             .uncounted
             .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        *uncounted.entry(code).or_insert(0) += 1;
+            .unwrap_or_else(|p| p.into_inner())
     }
 
     /// Appends `input`, then waits for its `answer`. When the append fails,
@@ -214,7 +217,7 @@ impl LogHandle {
         if let Err((e, appended)) = self.append(vec![(nonce.clone(), record)]).await {
             self.waiters().remove(&nonce);
             if uncounted != 0 && !appended {
-                self.uncount(uncounted);
+                self.uncount(uncounted, 1);
             }
             return Err(e);
         }
@@ -265,13 +268,8 @@ impl LogHandle {
             }
             Err(e) => {
                 self.inner.metrics.append_failures.inc();
-                let mut uncounted = self
-                    .inner
-                    .uncounted
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner());
                 for (code, n) in owed {
-                    *uncounted.entry(code).or_insert(0) += n;
+                    self.uncount(code, n);
                 }
                 Err((
                     WriteError::Store(format!("the shared log (Redis): {e}")),
@@ -283,11 +281,7 @@ impl LogHandle {
 
     /// Up to [`MAX_REJECTIONS_PER_APPEND`] uncounted rejections, taken out.
     fn take_uncounted(&self) -> Vec<(u16, u64)> {
-        let mut uncounted = self
-            .inner
-            .uncounted
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
+        let mut uncounted = self.uncounted();
         let mut room = MAX_REJECTIONS_PER_APPEND;
         let mut taken = Vec::new();
         for (code, n) in uncounted.iter_mut() {

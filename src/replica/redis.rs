@@ -43,6 +43,14 @@ end
 return 0
 ";
 
+/// Gives the lease up, if this replica holds it.
+const RELEASE: &str = r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+";
+
 /// Why an append was not confirmed.
 #[derive(Debug, thiserror::Error)]
 pub enum AppendError {
@@ -76,6 +84,14 @@ pub struct RedisLog {
     conn: ConnectionManager,
     prefix: String,
     wait_replicas: u32,
+    /// The scripts, hashed once (each call sends EVALSHA).
+    scripts: std::sync::Arc<Scripts>,
+}
+
+struct Scripts {
+    append: Script,
+    lease: Script,
+    release: Script,
 }
 
 /// A connection that reconnects by itself (lazily: the first command
@@ -119,6 +135,11 @@ impl RedisLog {
             conn: connection(client, response_timeout)?,
             prefix: prefix.to_owned(),
             wait_replicas,
+            scripts: std::sync::Arc::new(Scripts {
+                append: Script::new(APPEND),
+                lease: Script::new(LEASE),
+                release: Script::new(RELEASE),
+            }),
         })
     }
 
@@ -130,8 +151,7 @@ impl RedisLog {
     /// them (and, with `--storage.redis-wait-replicas`, its replicas too).
     pub async fn append(&self, entries: &[(String, Vec<u8>)]) -> Result<(), AppendError> {
         let mut conn = self.conn.clone();
-        let script = Script::new(APPEND);
-        let mut invocation = script.key(self.key("log"));
+        let mut invocation = self.scripts.append.key(self.key("log"));
         invocation.key(self.key("seq"));
         for (nonce, record) in entries {
             invocation.arg(nonce).arg(record.as_slice());
@@ -212,7 +232,9 @@ impl RedisLog {
     /// Takes or renews the lease for `ttl`; true while this replica holds it.
     pub async fn lease(&self, replica: &str, ttl: Duration) -> RedisResult<bool> {
         let mut conn = self.conn.clone();
-        let held: i64 = Script::new(LEASE)
+        let held: i64 = self
+            .scripts
+            .lease
             .key(self.key("lease"))
             .arg(replica)
             .arg(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX))
@@ -224,13 +246,13 @@ impl RedisLog {
     /// Gives the lease up, if this replica holds it (a clean stop).
     pub async fn release(&self, replica: &str) -> RedisResult<()> {
         let mut conn = self.conn.clone();
-        let _: i64 = Script::new(
-            "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0",
-        )
-        .key(self.key("lease"))
-        .arg(replica)
-        .invoke_async(&mut conn)
-        .await?;
+        let _: i64 = self
+            .scripts
+            .release
+            .key(self.key("lease"))
+            .arg(replica)
+            .invoke_async(&mut conn)
+            .await?;
         Ok(())
     }
 

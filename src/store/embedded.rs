@@ -269,6 +269,25 @@ fn key_json<T: serde::Serialize>(key: &T) -> Result<String, StoreError> {
     serde_json::to_string(key).map_err(db_err)
 }
 
+/// Leaves `table` empty (deleted and made anew), within `txn`.
+fn empty<K: redb::Key + 'static, V: redb::Value + 'static>(
+    txn: &redb::WriteTransaction,
+    table: TableDefinition<K, V>,
+) -> Result<(), StoreError> {
+    txn.delete_table(table).map_err(db_err)?;
+    txn.open_table(table).map_err(db_err)?;
+    Ok(())
+}
+
+/// Records in `meta`, within `txn`, the shared log's position the state
+/// written with it reflects.
+fn write_position(txn: &redb::WriteTransaction, position: &Position) -> Result<(), StoreError> {
+    let text = serde_json::to_string(position).map_err(db_err)?;
+    let mut meta = txn.open_table(META).map_err(db_err)?;
+    meta.insert(POSITION, text.as_str()).map_err(db_err)?;
+    Ok(())
+}
+
 /// Writes the entries named in `changes` as they are in `state` (deleting
 /// those no longer there), within `txn`.
 fn write_entries(
@@ -433,9 +452,7 @@ impl Store for RedbStore {
         let txn = self.db()?.begin_write().map_err(db_err)?;
         write_entries(&txn, state, changes)?;
         if let Some(position) = position {
-            let text = serde_json::to_string(position).map_err(db_err)?;
-            let mut meta = txn.open_table(META).map_err(db_err)?;
-            meta.insert(POSITION, text.as_str()).map_err(db_err)?;
+            write_position(&txn, position)?;
         }
         txn.commit().map_err(db_err)
     }
@@ -465,25 +482,15 @@ impl Store for RedbStore {
     fn replace(&mut self, state: &State, position: &Position) -> Result<(), StoreError> {
         let txn = self.db()?.begin_write().map_err(db_err)?;
         for table in [RUNS, ENDED_RUNS, LOAD_TESTS, OUTBOX, RECENT] {
-            txn.delete_table(table).map_err(db_err)?;
-            txn.open_table(table).map_err(db_err)?;
+            empty(&txn, table)?;
         }
-        txn.delete_table(DEDUP).map_err(db_err)?;
-        txn.open_table(DEDUP).map_err(db_err)?;
-        txn.delete_table(HISTOGRAMS).map_err(db_err)?;
-        txn.open_table(HISTOGRAMS).map_err(db_err)?;
-        txn.delete_table(COUNTERS).map_err(db_err)?;
-        txn.open_table(COUNTERS).map_err(db_err)?;
-        txn.delete_table(LAST_EVENT).map_err(db_err)?;
-        txn.open_table(LAST_EVENT).map_err(db_err)?;
-        txn.delete_table(FINISHES).map_err(db_err)?;
-        txn.open_table(FINISHES).map_err(db_err)?;
+        empty(&txn, DEDUP)?;
+        empty(&txn, HISTOGRAMS)?;
+        empty(&txn, COUNTERS)?;
+        empty(&txn, LAST_EVENT)?;
+        empty(&txn, FINISHES)?;
         write_entries(&txn, state, &Changes::writing(state.keys()))?;
-        {
-            let text = serde_json::to_string(position).map_err(db_err)?;
-            let mut meta = txn.open_table(META).map_err(db_err)?;
-            meta.insert(POSITION, text.as_str()).map_err(db_err)?;
-        }
+        write_position(&txn, position)?;
         txn.commit().map_err(db_err)
     }
 
