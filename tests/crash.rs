@@ -23,7 +23,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
-use support::deliveries::{k6_headers, Delivery, Run};
+use support::deliveries::{k6_headers, Delivery, Fate, Run};
 use support::exporter::{api_run, Exporter};
 use support::samples::{labelled, sample, Samples, OUTCOMES};
 
@@ -119,34 +119,11 @@ fn planned_run(t: u64, i: u64) -> PlannedRun {
     }
 }
 
-/// What one delivery got.
-#[derive(Debug, Clone, PartialEq)]
-enum Fate {
-    /// A 2xx, with its `result`.
-    Acknowledged(String),
-    /// Another answer.
-    Refused(u16, String),
-    /// No answer: the connection failed or broke.
-    Unanswered,
-}
-
 /// A delivery sent, and what it got.
 struct Sent {
     run: usize,
     start: bool,
     fate: Fate,
-}
-
-/// Posts `delivery` to the exporter listening on `port`.
-fn post(port: u16, delivery: &Delivery) -> Fate {
-    match delivery.try_send(&format!("http://127.0.0.1:{port}/webhook")) {
-        Some(r) if (200..300).contains(&r.status) => {
-            let result = r.json()["result"].as_str().unwrap_or_default().to_owned();
-            Fate::Acknowledged(result)
-        }
-        Some(r) => Fate::Refused(r.status, r.body),
-        None => Fate::Unanswered,
-    }
 }
 
 /// One poster: runs one after another, each a start then a finish, to
@@ -176,7 +153,7 @@ fn poster(t: u64, port: Arc<AtomicU16>, stop: Arc<AtomicBool>) -> (Vec<PlannedRu
             sent.push(Sent {
                 run: runs.len(),
                 start,
-                fate: post(port, delivery),
+                fate: delivery.fate_at(port),
             });
         }
         runs.push(planned);
@@ -356,7 +333,7 @@ fn kill_9_under_concurrent_posters_loses_no_acknowledged_delivery_and_retries_co
             } else {
                 &planned.finish
             };
-            let fate = post(exporter.port(), delivery);
+            let fate = delivery.fate_at(exporter.port());
             if let Fate::Acknowledged(result) = &fate {
                 *resent.entry(result.clone()).or_default() += 1;
             }

@@ -51,7 +51,7 @@ use std::time::{Duration, Instant};
 use otlp_receiver::spans::{pointed_at, the_one_span, trace_id};
 use otlp_receiver::{Protocol, Receiver};
 use serde_json::{json, Value};
-use support::deliveries::{headers, k6_headers, test_hook, Delivery, Run};
+use support::deliveries::{headers, k6_headers, test_hook, Delivery, Fate, Run};
 use support::exporter::{api_run, state_lines, Exporter, Launch};
 use support::http::{self, Response};
 use support::redis::Redis;
@@ -356,17 +356,6 @@ fn assert_counted_once<'a>(
 // ---------------------------------------------------------------------------
 // concurrent posters (as in tests/crash.rs)
 
-/// What one delivery got.
-#[derive(Debug, Clone, PartialEq)]
-enum Fate {
-    /// A 2xx, with its `result`.
-    Acknowledged(String),
-    /// Another answer.
-    Refused(u16, String),
-    /// No answer: the connection failed or broke.
-    Unanswered,
-}
-
 /// A delivery sent, and what it got.
 struct Sent {
     run: usize,
@@ -374,14 +363,6 @@ struct Sent {
     fate: Fate,
     /// Sent after `marker` was set (the replica killed, Redis back…).
     after_marker: bool,
-}
-
-fn post_to(port: u16, delivery: &Delivery) -> Fate {
-    match delivery.try_send(&format!("http://127.0.0.1:{port}/webhook")) {
-        Some(r) if (200..300).contains(&r.status) => Fate::Acknowledged(result_of(&r)),
-        Some(r) => Fate::Refused(r.status, r.body),
-        None => Fate::Unanswered,
-    }
 }
 
 /// Runs sent by the posters, and every delivery's fate.
@@ -423,7 +404,7 @@ fn start_posters(
                             p => p,
                         };
                         let after_marker = marker.load(Ordering::Acquire);
-                        let fate = post_to(port, delivery);
+                        let fate = delivery.fate_at(port);
                         if !matches!(fate, Fate::Acknowledged(_)) {
                             std::thread::sleep(Duration::from_millis(20));
                         }

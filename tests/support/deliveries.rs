@@ -77,6 +77,30 @@ impl Delivery {
     pub fn send(&self, url: &str) -> Response {
         http::send("POST", url, &self.headers, Some(&self.payload))
     }
+
+    /// POSTs it to the webhook of the exporter listening on `port`, and
+    /// what it got: a crash test's record of one delivery.
+    pub fn fate_at(&self, port: u16) -> Fate {
+        match self.try_send(&format!("http://127.0.0.1:{port}/webhook")) {
+            Some(r) if (200..300).contains(&r.status) => {
+                let result = r.json()["result"].as_str().unwrap_or_default().to_owned();
+                Fate::Acknowledged(result)
+            }
+            Some(r) => Fate::Refused(r.status, r.body),
+            None => Fate::Unanswered,
+        }
+    }
+}
+
+/// What one delivery got.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Fate {
+    /// A 2xx, with its `result`.
+    Acknowledged(String),
+    /// Another answer.
+    Refused(u16, String),
+    /// No answer: the connection failed or broke.
+    Unanswered,
 }
 
 /// Posts `body` to `url` with Load Impact's headers and `id`.
