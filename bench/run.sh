@@ -126,8 +126,8 @@ wrk_pct() { # file percent -> ms
   awk -v p="$2%" '$1 == p {v = $2; u = v; sub(/[0-9.]+/, "", u); sub(/[a-z]+$/, "", v);
     if (u == "us") v /= 1000; else if (u == "s") v *= 1000; printf "%.2f\n", v}' "$1"
 }
-start_exporter() { # dir port -> pid (in $EXPORTER_PID)
-  "$BIN" --web.listen-address="127.0.0.1:$2" --storage.path="$1/store" --log.level=warn >>"$1/exporter.log" 2>&1 &
+start_exporter() { # dir port [more flags...] -> pid (in $EXPORTER_PID)
+  "$BIN" --web.listen-address="127.0.0.1:$2" --storage.path="$1/store" --log.level=warn "${@:3}" >>"$1/exporter.log" 2>&1 &
   EXPORTER_PID=$!
   PIDS+=("$EXPORTER_PID")
 }
@@ -212,10 +212,7 @@ for ((i = 0; i < 200; i++)); do
   sleep 0.05
 done
 start_replica() { # dir port -> pid (in $EXPORTER_PID)
-  "$BIN" --web.listen-address="127.0.0.1:$2" --storage.path="$1/store" --log.level=warn \
-    --storage.backend=redis --storage.redis-url="redis://127.0.0.1:$RPORT" >>"$1/exporter.log" 2>&1 &
-  EXPORTER_PID=$!
-  PIDS+=("$EXPORTER_PID")
+  start_exporter "$1" "$2" --storage.backend=redis --storage.redis-url="redis://127.0.0.1:$RPORT"
 }
 PORT_A=$(free_port); start_replica "$DR/a" "$PORT_A"; RA=$EXPORTER_PID
 PORT_B=$(free_port); start_replica "$DR/b" "$PORT_B"; RB=$EXPORTER_PID
