@@ -51,12 +51,16 @@ use std::time::{Duration, Instant};
 use otlp_receiver::spans::{pointed_at, the_one_span, trace_id};
 use otlp_receiver::{Protocol, Receiver};
 use serde_json::{json, Value};
-use support::deliveries::{headers, k6_headers, test_hook, Delivery, Fate, Run};
+use support::deliveries::{headers, test_hook, Delivery, Fate, Run};
 use support::exporter::{api_run, state_lines, Exporter, Launch};
 use support::http::{self, Response};
+use support::posters::{
+    all_runs, assert_counted_once, assert_none_running, check_then_resend, finished, join, planned,
+    start_posters, started, tally, PlannedRun, Ports, Posted, Refusals,
+};
 use support::redis::Redis;
 use support::samples::{
-    assert_value, events_total, labelled, parse_samples, requests_total, sample, Samples, OUTCOMES,
+    assert_value, events_total, parse_samples, requests_total, sample, Samples, OUTCOMES,
 };
 use support::wait_for;
 
@@ -182,22 +186,6 @@ fn samples_of(state: &[String]) -> Samples {
 // ---------------------------------------------------------------------------
 // deliveries
 
-/// A Grafana Cloud k6 notification of `run` (started 10:00:00) with `id` as
-/// its `X-k6cloud-ID` and `<id>-event` as its `event.id`.
-fn k6(run: &Run, event: &str, status: i64, result: Option<u8>, ended: Value, id: &str) -> Delivery {
-    let mut body = run.k6(event, status, result, "2024-05-06T10:00:00Z", ended);
-    body["event"]["id"] = json!(format!("{id}-event"));
-    let short = if event.starts_with("test.started") {
-        "test.started"
-    } else {
-        "test.finished"
-    };
-    Delivery {
-        headers: k6_headers(short, id),
-        payload: serde_json::to_vec(&body).expect("serialize"),
-    }
-}
-
 fn copy(d: &Delivery) -> Delivery {
     Delivery {
         headers: d.headers.clone(),
@@ -229,340 +217,14 @@ fn expect(exporter: &Exporter, delivery: &Delivery, result: &str) {
     );
 }
 
-/// Load Impact's finishes: (status, status_text, outcome).
-const LEGACY_FINISHES: [(i64, &str, &str); 4] = [
-    (3, "Finished", "finished"),
-    (5, "Aborted by user", "aborted_by_user"),
-    (12, "Failed threshold", "failed_threshold"),
-    (4, "Timed out", "timed_out"),
-];
-/// Grafana Cloud k6's finishes: (event, status, result, outcome).
-const K6_FINISHES: [(&str, i64, Option<u8>, &str); 3] = [
-    ("test.finished.finished", 3, Some(0), "finished"),
-    ("test.finished.aborted_system", 6, None, "aborted_by_system"),
-    ("test.finished.failed", 3, Some(1), "failed_threshold"),
-];
-
-/// One run: its two deliveries and the outcome it must count as.
-struct PlannedRun {
-    run: Run,
-    outcome: &'static str,
-    start: Delivery,
-    finish: Delivery,
-}
-
-/// Run `id` of `project` in `org`; its format and outcome follow from `i`.
-fn planned(org: u64, project: u64, id: u64, i: u64) -> PlannedRun {
-    let run = Run::new(org, project, project * 10 + i % 3, id);
-    let key = |what: &str| format!("run-{id}-{what}");
-    if i % 4 < 2 {
-        let (status, text, outcome) = LEGACY_FINISHES[(i / 4 % 4) as usize];
-        PlannedRun {
-            start: Delivery::new(&run.started(), &key("start")),
-            finish: Delivery::new(&run.finished(status, Some(text)), &key("finish")),
-            outcome,
-            run,
-        }
-    } else {
-        let (event, status, result, outcome) = K6_FINISHES[(i / 4 % 3) as usize];
-        PlannedRun {
-            start: k6(&run, "test.started", 2, None, json!(null), &key("start")),
-            finish: k6(
-                &run,
-                event,
-                status,
-                result,
-                json!("2024-05-06T10:01:30Z"),
-                &key("finish"),
-            ),
-            outcome,
-            run,
-        }
-    }
-}
-
-/// The sum of every series of `name` labelled with `project` of `org`.
-fn by_project(s: &Samples, name: &str, org: u64, project: u64) -> f64 {
-    labelled(s, name)
-        .into_iter()
-        .filter(|(l, _)| {
-            l.get("organization_id") == Some(&org.to_string())
-                && l.get("project_id") == Some(&project.to_string())
-        })
-        .map(|(_, v)| v)
-        .sum()
-}
-
-fn started(s: &Samples, org: u64, project: u64) -> f64 {
-    by_project(s, "loadimpact_test_runs_started_total", org, project)
-}
-
-fn finished(s: &Samples, org: u64, project: u64) -> f64 {
-    by_project(s, "loadimpact_test_runs_finished_total", org, project)
-}
-
-/// Asserts that `runs` (all finished) count exactly once each in `s`: by
-/// project started and finished, by outcome, none running, none expired.
-fn assert_counted_once<'a>(
-    s: &Samples,
-    runs: impl IntoIterator<Item = &'a PlannedRun>,
-    what: &str,
-) {
-    let mut per_project: BTreeMap<(u64, u64), f64> = BTreeMap::new();
-    let mut per_outcome: BTreeMap<(u64, u64, &str), f64> = BTreeMap::new();
-    for planned in runs {
-        let r = &planned.run;
-        *per_project.entry((r.org, r.project)).or_default() += 1.0;
-        *per_outcome
-            .entry((r.org, r.project, planned.outcome))
-            .or_default() += 1.0;
-    }
-    for (&(org, project), &n) in &per_project {
-        let run = Run::new(org, project, 0, 0);
-        assert_eq!(
-            started(s, org, project),
-            n,
-            "{what}: project {project} started"
-        );
-        assert_eq!(
-            finished(s, org, project),
-            n,
-            "{what}: project {project} finished"
-        );
-        assert_eq!(
-            sample(s, &run.running()),
-            0.0,
-            "{what}: project {project} running"
-        );
-        assert_eq!(
-            sample(s, &run.expired_total()),
-            0.0,
-            "{what}: project {project} expired"
-        );
-        for outcome in OUTCOMES {
-            let want = per_outcome
-                .get(&(org, project, outcome))
-                .copied()
-                .unwrap_or(0.0);
-            assert_eq!(
-                sample(s, &run.finished_total(outcome)),
-                want,
-                "{what}: project {project} finished as {outcome}"
-            );
-        }
-    }
-}
-
-// ---------------------------------------------------------------------------
-// concurrent posters (as in tests/crash.rs)
-
-/// A delivery sent, and what it got.
-struct Sent {
-    run: usize,
-    start: bool,
-    fate: Fate,
-    /// Sent after `marker` was set (the replica killed, Redis back…).
-    after_marker: bool,
-}
-
-/// Runs sent by the posters, and every delivery's fate.
-type Posted = Vec<(Vec<PlannedRun>, Vec<Sent>)>;
-
-/// Starts `posters` threads; poster `t` sends runs of its two projects in
-/// `org`, one after another, each a start then a finish, the start to one
-/// replica of `ports` and the finish to the other (a replica whose port is
-/// 0 is down: its deliveries go to the other). After an answer that is not
-/// a 2xx it waits 20 ms. Stops when `stop` is set (never between a run's
-/// two deliveries).
-fn start_posters(
-    posters: u64,
-    org: u64,
-    ports: &Arc<[AtomicU16; 2]>,
-    stop: &Arc<AtomicBool>,
-    marker: &Arc<AtomicBool>,
-) -> Vec<std::thread::JoinHandle<(Vec<PlannedRun>, Vec<Sent>)>> {
-    (0..posters)
-        .map(|t| {
-            let (ports, stop, marker) = (ports.clone(), stop.clone(), marker.clone());
-            std::thread::spawn(move || {
-                let (mut runs, mut sent) = (Vec::new(), Vec::new());
-                for i in 0.. {
-                    if stop.load(Ordering::Relaxed) {
-                        break;
-                    }
-                    let project = org * 10 + 2 * t + i % 2;
-                    let planned = planned(org, project, (org * 100 + t) * 100_000 + i, i);
-                    for start in [true, false] {
-                        let delivery = if start {
-                            &planned.start
-                        } else {
-                            &planned.finish
-                        };
-                        let want = (t + i + u64::from(!start)) as usize % 2;
-                        let port = match ports[want].load(Ordering::Acquire) {
-                            0 => ports[1 - want].load(Ordering::Acquire),
-                            p => p,
-                        };
-                        let after_marker = marker.load(Ordering::Acquire);
-                        let fate = delivery.fate_at(port);
-                        if !matches!(fate, Fate::Acknowledged(_)) {
-                            std::thread::sleep(Duration::from_millis(20));
-                        }
-                        sent.push(Sent {
-                            run: runs.len(),
-                            start,
-                            fate,
-                            after_marker,
-                        });
-                    }
-                    runs.push(planned);
-                }
-                (runs, sent)
-            })
-        })
-        .collect()
-}
-
-/// How many deliveries got what, by kind of fate.
-fn tally(posted: &Posted) -> BTreeMap<String, u64> {
-    let mut fates = BTreeMap::new();
-    for (_, sent) in posted {
-        for d in sent {
-            let key = match &d.fate {
-                Fate::Acknowledged(result) => format!("2xx {result}"),
-                Fate::Refused(status, _) => format!("refused {status}"),
-                Fate::Unanswered => "unanswered".to_owned(),
-            };
-            *fates.entry(key).or_default() += 1;
-        }
-    }
-    fates
-}
-
-/// The bookkeeping of `tests/crash.rs` across replicas. `s` is the state
-/// before any re-send. Checks that every first answer was `accepted` or a
-/// 503, that each project's counters lie between what was acknowledged and
-/// what was acknowledged or not (unanswered, 503); then re-sends every
-/// delivery, round-robin over `to`: an acknowledged one must be found
-/// stored (`duplicate`), the others are found stored or counted now, and
-/// what `s` held is exactly the acknowledged plus the ones found stored.
-/// Finally every run counts exactly once on every replica of `to`.
-fn check_then_resend(posted: &Posted, org: u64, s: &Samples, to: &[&Exporter]) {
-    #[derive(Default)]
-    struct Counts {
-        acknowledged: u64,
-        not: u64,
-    }
-    let mut counts: BTreeMap<u64, (Counts, Counts)> = BTreeMap::new();
-    for (runs, sent) in posted {
-        for d in sent {
-            let entry = counts.entry(runs[d.run].run.project).or_default();
-            let c = if d.start { &mut entry.0 } else { &mut entry.1 };
-            match &d.fate {
-                Fate::Acknowledged(result) => {
-                    assert_eq!(
-                        result, "accepted",
-                        "a first delivery of a run's event is accepted"
-                    );
-                    c.acknowledged += 1;
-                }
-                Fate::Refused(status, body) => {
-                    assert_eq!(
-                        *status, 503,
-                        "only a 503 may refuse a valid delivery: {body}"
-                    );
-                    c.not += 1;
-                }
-                Fate::Unanswered => c.not += 1,
-            }
-        }
-    }
-    for (project, (starts, finishes)) in &counts {
-        for (what, got, c) in [
-            ("started", started(s, org, *project), starts),
-            ("finished", finished(s, org, *project), finishes),
-        ] {
-            let (low, high) = (c.acknowledged, c.acknowledged + c.not);
-            assert!(
-                got >= low as f64 && got <= high as f64,
-                "project {project}: {got} runs {what}, {low} acknowledged, {high} acknowledged or not answered 2xx"
-            );
-        }
-    }
-
-    let mut stored: BTreeMap<u64, (u64, u64)> = BTreeMap::new();
-    let mut resent: BTreeMap<String, u64> = BTreeMap::new();
-    let mut k = 0;
-    for (runs, sent) in posted {
-        for d in sent {
-            let planned = &runs[d.run];
-            let delivery = if d.start {
-                &planned.start
-            } else {
-                &planned.finish
-            };
-            let target = to[k % to.len()];
-            k += 1;
-            let resp = send(target, delivery);
-            assert_eq!(
-                resp.status, 200,
-                "re-sent delivery of run {}: {}",
-                planned.run.id, resp.body
-            );
-            let result = result_of(&resp);
-            *resent.entry(result.clone()).or_default() += 1;
-            let entry = stored.entry(planned.run.project).or_default();
-            let n = if d.start { &mut entry.0 } else { &mut entry.1 };
-            if matches!(d.fate, Fate::Acknowledged(_)) {
-                assert_eq!(
-                    result,
-                    "duplicate",
-                    "run {}: an acknowledged {} re-sent is not found stored: {}",
-                    planned.run.id,
-                    if d.start { "start" } else { "finish" },
-                    resp.body
-                );
-                *n += 1;
-                continue;
-            }
-            match result.as_str() {
-                // Stored, its answer lost (or a 503 though Redis had it).
-                "duplicate" => *n += 1,
-                // Not stored: counted now (a start after its finish as ignored).
-                "accepted" | "ignored" => {}
-                other => panic!("re-sent delivery of run {}: {other:?}", planned.run.id),
-            }
-        }
-    }
-    eprintln!("replicas: re-sent, answered {resent:?}");
-    for (project, (starts, finishes)) in &stored {
-        assert_eq!(
-            started(s, org, *project),
-            *starts as f64,
-            "project {project}: starts stored before the re-send"
-        );
-        assert_eq!(
-            finished(s, org, *project),
-            *finishes as f64,
-            "project {project}: finishes stored before the re-send"
-        );
-    }
-
+/// The bookkeeping of [`check_then_resend`] across replicas, whose 503 may
+/// have reached the log; then every run counts exactly once on every replica
+/// of `to`, once they agree.
+fn resend_until_counted_once(posted: &Posted, org: u64, s: &Samples, to: &[&Exporter]) {
+    check_then_resend(posted, org, s, to, Refusals::MayBeStored);
     let state = samples_of(&agreed(to));
-    let all = posted.iter().flat_map(|(runs, _)| runs.iter());
-    assert_counted_once(&state, all, "after the re-send");
-    for replica in to {
-        let api = replica.runs_api();
-        for (runs, _) in posted {
-            for planned in runs {
-                assert!(
-                    api_run(&api, "running", planned.run.id).is_none(),
-                    "run {} still running after the re-send",
-                    planned.run.id
-                );
-            }
-        }
-    }
+    assert_counted_once(&state, all_runs(posted), "after the re-send");
+    assert_none_running(posted, to, "after the re-send");
 }
 
 // ---------------------------------------------------------------------------
@@ -607,9 +269,9 @@ fn a_run_started_on_one_replica_and_finished_on_another_counts_once_with_one_spa
     let mut replicas = [launch("a").start(), launch("b").start()];
 
     let run = Run::new(21, 2100, 210, 2_100_001);
-    let start = k6(&run, "test.started", 2, None, json!(null), "across-start");
+    let start = Delivery::k6(&run, "test.started", 2, None, json!(null), "across-start");
     expect(&replicas[0], &start, "accepted");
-    let finish = k6(
+    let finish = Delivery::k6(
         &run,
         "test.finished.finished",
         3,
@@ -864,7 +526,7 @@ fn kill_9_of_a_replica_under_posters_loses_no_acknowledged_delivery_and_the_othe
     a.wait_sample(LEASE_HELD, AGREE, |v| v == 1.0);
     let b = launch("b").start();
 
-    let ports = Arc::new([AtomicU16::new(a.port()), AtomicU16::new(b.port())]);
+    let ports: Ports = Arc::new([AtomicU16::new(a.port()), AtomicU16::new(b.port())]);
     let (stop, killed) = (
         Arc::new(AtomicBool::new(false)),
         Arc::new(AtomicBool::new(false)),
@@ -877,10 +539,7 @@ fn kill_9_of_a_replica_under_posters_loses_no_acknowledged_delivery_and_the_othe
     a.kill9();
     std::thread::sleep(Duration::from_millis(1500));
     stop.store(true, Ordering::Relaxed);
-    let posted: Posted = posters
-        .into_iter()
-        .map(|p| p.join().expect("poster"))
-        .collect();
+    let posted = join(posters);
     let fates = tally(&posted);
     eprintln!("replicas: kill -9 of A, deliveries {fates:?}");
 
@@ -906,7 +565,7 @@ fn kill_9_of_a_replica_under_posters_loses_no_acknowledged_delivery_and_the_othe
     b.wait_sample(LEASE_HELD, Duration::from_secs(15), |v| v == 1.0);
 
     let s = samples_of(&agreed(&[&b]));
-    check_then_resend(&posted, ORG, &s, &[&b]);
+    resend_until_counted_once(&posted, ORG, &s, &[&b]);
 }
 
 /// The runs of batch `batch` of the restart test.
@@ -956,15 +615,14 @@ fn a_restarted_replica_catches_up_from_its_snapshot_and_a_new_one_from_redis() {
     agreed(&[&a, &b]);
 
     // The lease holder snapshots the state and trims the log: entry 1 goes.
-    let (log, seq) = (format!("{prefix}:log"), format!("{prefix}:seq"));
-    let (length, last) = wait_for("the log to be trimmed", AGREE, || {
-        let (length, last) = (
-            redis.cli_int(&["XLEN", &log]),
-            redis.cli_int(&["GET", &seq]),
-        );
-        (length < last).then_some((length, last))
+    // The first entry left says so (its length alone would not: the lease
+    // holder's ticks go on appending between two reads).
+    let log = format!("{prefix}:log");
+    let first = wait_for("the log to be trimmed", AGREE, || {
+        let first = first_ordinal(&redis.cli(&["XRANGE", &log, "-", "+", "COUNT", "1"]));
+        (first > 1).then_some(first)
     });
-    eprintln!("replicas: log trimmed to {length} of {last} entries");
+    eprintln!("replicas: the log now starts at entry {first}");
     // A new replica with an empty store starts from the snapshot in Redis.
     let c = launch("c").start();
     let state = agreed(&[&a, &b, &c]);
@@ -1022,6 +680,22 @@ fn a_restarted_replica_catches_up_from_its_snapshot_and_a_new_one_from_redis() {
     assert_eq!(running, unfinished.len() as f64, "running");
 }
 
+/// The ordinal of the entry `XRANGE log - + COUNT 1` printed (its id, then
+/// field and value on a line each, `o` the ordinal), or 0 for none.
+fn first_ordinal(xrange: &str) -> u64 {
+    let lines: Vec<&str> = xrange.lines().collect();
+    lines
+        .iter()
+        .skip(1)
+        .step_by(2)
+        .zip(lines.iter().skip(2).step_by(2))
+        .find(|(field, _)| **field == "o")
+        .map_or(0, |(_, value)| {
+            value
+                .parse()
+                .unwrap_or_else(|_| panic!("the ordinal in {xrange:?}"))
+        })
+}
 #[test]
 fn redis_stopped_and_started_again_means_503_then_recovery_without_a_restart() {
     const ORG: u64 = 26;
@@ -1119,7 +793,7 @@ fn redis_killed_under_posters_and_started_again_loses_no_acknowledged_delivery()
     let launch = |name: &str| replica(Exporter::builder(), &redis, "kill-redis", &logs, name);
     let (a, b) = (launch("a").start(), launch("b").start());
 
-    let ports = Arc::new([AtomicU16::new(a.port()), AtomicU16::new(b.port())]);
+    let ports: Ports = Arc::new([AtomicU16::new(a.port()), AtomicU16::new(b.port())]);
     let (stop, back) = (
         Arc::new(AtomicBool::new(false)),
         Arc::new(AtomicBool::new(false)),
@@ -1140,10 +814,7 @@ fn redis_killed_under_posters_and_started_again_loses_no_acknowledged_delivery()
     }
     std::thread::sleep(Duration::from_millis(1000));
     stop.store(true, Ordering::Relaxed);
-    let posted: Posted = posters
-        .into_iter()
-        .map(|p| p.join().expect("poster"))
-        .collect();
+    let posted = join(posters);
     let fates = tally(&posted);
     eprintln!("replicas: kill -9 of Redis, deliveries {fates:?}");
     let sent = || posted.iter().flat_map(|(_, sent)| sent);
@@ -1161,7 +832,7 @@ fn redis_killed_under_posters_and_started_again_loses_no_acknowledged_delivery()
     );
 
     let s = samples_of(&agreed(&[&a, &b]));
-    check_then_resend(&posted, ORG, &s, &[&a, &b]);
+    resend_until_counted_once(&posted, ORG, &s, &[&a, &b]);
 }
 
 #[test]

@@ -1,7 +1,8 @@
 //! What the integration tests share: the one launcher of the exporter binary
 //! (`exporter`), a guard for every other child process (`process`), an HTTP
 //! client and free ports (`http`), the Load Impact deliveries (`deliveries`),
-//! reading a scrape (`samples`), the outside tools (`tools`), a real Redis
+//! reading a scrape (`samples`), concurrent posters and
+//! their bookkeeping (`posters`), the outside tools (`tools`), a real Redis
 //! for the replicas (`redis`), the
 //! repository's files (`files`), and certificates with an HTTPS client
 //! (`tls`). Every integration test file does `mod support;`;
@@ -12,6 +13,7 @@ pub mod deliveries;
 pub mod exporter;
 pub mod files;
 pub mod http;
+pub mod posters;
 pub mod process;
 pub mod redis;
 pub mod samples;
