@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The whole benchmark, in one run, written to bench/RESULTS.md:
 #
-#   bash bench/run.sh            # about 4 minutes on 2 cores
+#   bash bench/run.sh            # about 8 minutes on 2 cores
 #
 # Every figure is measured here, in this run, beside its target, and every
 # ratio compares two things measured in this same run on this machine:
@@ -9,8 +9,11 @@
 #   2. ingest: distinct durable webhook deliveries under the same wrk
 #      settings (each 200 after redb's fsync), its ratio to the ceiling, and
 #      the Pushgateway taking POSTs beside it (the reference peer);
-#   3. the same ingest with the store on tmpfs (what fsync costs), and a
-#      profile of the ingest (perf record, where perf works);
+#   3. what bounds ingest: the same requests POSTed to a path answered 404
+#      at once (what the client and HTTP allow), CPU per request of the
+#      exporter and of wrk in each run, the store writer's CPU, time in
+#      commits and bytes written per commit; the same ingest with the store
+#      on tmpfs (what fsync costs); a profile (perf record, where perf works);
 #   4. latency at a steady ~1,000 deliveries/s;
 #   4b. the same ingest and steady latency with the Redis backend (a local
 #      redis-server with appendfsync always, two replicas following it,
@@ -106,6 +109,10 @@ msum() {
     name == n && (f == "" || $1 ~ f) { s += $NF }
     END { printf "%.0f\n", s + 0 }' "$1"
 }
+# The same as msum, with three decimals.
+msumf() {
+  awk -v n="$2" '{ name = $1; sub(/[{].*/, "", name) } name == n { s += $NF } END { printf "%.3f\n", s + 0 }' "$1"
+}
 # wrk in the background, waited for; BENCH_RESULT json to $out.json.
 # Args: out url c threads seconds script [args...]
 run_wrk() {
@@ -113,7 +120,17 @@ run_wrk() {
   shift 6
   local sflag=()
   [[ $script == - ]] || sflag=(-s "$script")
-  timeout $((secs + 60)) wrk -t"$t" -c"$c" -d"${secs}s" --latency "${sflag[@]}" "$url" ${1+-- "$@"} >"$out" 2>&1 &
+  # In a subshell whose `times` gives wrk's own CPU (user and system) in $out.cpu.
+  (
+    rc=0
+    timeout $((secs + 60)) wrk -t"$t" -c"$c" -d"${secs}s" --latency "${sflag[@]}" "$url" ${1+-- "$@"} >"$out" 2>&1 || rc=$?
+    # `times` itself, not in a pipeline: a pipeline's subshell has no children.
+    times >"$out.times"
+    awk 'NR == 2 { n = split($1 " " $2, a, " "); s = 0
+      for (i = 1; i <= n; i++) { split(a[i], b, "m"); sub(/s$/, "", b[2]); s += b[1] * 60 + b[2] }
+      printf "%.3f\n", s }' "$out.times" >"$out.cpu"
+    exit "$rc"
+  ) &
   pid=$!
   PIDS+=("$pid")
   wait "$pid" || rc=$?
@@ -122,6 +139,7 @@ run_wrk() {
 }
 # Requests/s and latency percentiles (ms) from wrk's own output.
 wrk_rps() { awk '/^Requests\/sec:/ {print $2}' "$1"; }
+wrk_n() { awk '/ requests in / {print $1}' "$1"; }
 wrk_pct() { # file percent -> ms
   awk -v p="$2%" '$1 == p {v = $2; u = v; sub(/[0-9.]+/, "", u); sub(/[a-z]+$/, "", v);
     if (u == "us") v /= 1000; else if (u == "s") v *= 1000; printf "%.2f\n", v}' "$1"
@@ -131,6 +149,14 @@ start_exporter() { # dir port [more flags...] -> pid (in $EXPORTER_PID)
   EXPORTER_PID=$!
   PIDS+=("$EXPORTER_PID")
 }
+# CPU seconds (user + system) a process, or one thread (pid/task/tid), has used.
+cpu_s() { awk -v hz="$(getconf CLK_TCK)" '{ sub(/^.*\) /, ""); printf "%.3f\n", ($12 + $13) / hz }' "/proc/$1/stat"; }
+# The tid of the exporter $1's thread named $2.
+thread_of() { grep -lx "$2" /proc/"$1"/task/*/comm | head -1 | cut -d/ -f5; }
+# A field of /proc/<pid or pid/task/tid>/io (syscw, write_bytes, ...).
+io_of() { awk -v k="$2:" '$1 == k {print $2}' "/proc/$1/io"; }
+# Microseconds of CPU per request: seconds, requests.
+us_per() { awk -v s="$1" -v n="$2" 'BEGIN{ if (n > 0) printf "%.1f", s * 1e6 / n; else print "-" }'; }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN{ if (b > 0) printf "%.2f", a / b; else print "-" }'; }
 verdict() { # value op target -> met / NOT met
   awk -v v="$1" -v t="$3" -v op="$2" 'BEGIN{ ok = (op == "<") ? (v < t) : (v >= t); print ok ? "met" : "**not met**" }'
@@ -149,15 +175,33 @@ D1=$WORK/ingest; mkdir -p "$D1"; PORT=$(free_port)
 start_exporter "$D1" "$PORT"; E1=$EXPORTER_PID
 wait_ready "http://127.0.0.1:$PORT/-/ready" "$E1" >/dev/null
 log "ceiling: GET /-/healthy, wrk -t2 -c64 -d${DURATION}s"
+CPU0=$(cpu_s "$E1")
 run_wrk "$D1/healthy.txt" "http://127.0.0.1:$PORT/-/healthy" 64 2 "$DURATION" -
+CPU_HEALTHY=$(awk -v a="$CPU0" -v b="$(cpu_s "$E1")" 'BEGIN{printf "%.3f", b - a}')
+# The same requests as the ingest below (webhook.lua builds each, so wrk
+# spends the same Lua work), POSTed to a path the exporter answers 404 at
+# once: what the client and HTTP alone allow, with no parse and no store.
+log "probe: the ingest's requests to a path answered 404 at once, wrk -t2 -c64 -d${DURATION}s"
+CPU0=$(cpu_s "$E1")
+BENCH_PATH=/bench-probe run_wrk "$D1/probe.txt" "http://127.0.0.1:$PORT/webhook" 64 2 "$DURATION" bench/webhook.lua webhook 9
+CPU_PROBE=$(awk -v a="$CPU0" -v b="$(cpu_s "$E1")" 'BEGIN{printf "%.3f", b - a}')
 log "ingest: distinct deliveries, wrk -t2 -c64, 3 s warm-up + ${DURATION}s"
 run_wrk "$D1/warmup.txt" "http://127.0.0.1:$PORT/webhook" 64 2 3 bench/webhook.lua webhook 1
 curl -fsS "http://127.0.0.1:$PORT/metrics" >"$D1/before.prom"
+WRITER=$(thread_of "$E1" store-writer)
+CPU0=$(cpu_s "$E1"); WCPU0=$(cpu_s "$E1/task/$WRITER")
+SYSCW0=$(io_of "$E1/task/$WRITER" syscw); WBYTES0=$(io_of "$E1/task/$WRITER" write_bytes)
 run_wrk "$D1/ingest.txt" "http://127.0.0.1:$PORT/webhook" 64 2 "$DURATION" bench/webhook.lua webhook 2
+CPU_INGEST=$(awk -v a="$CPU0" -v b="$(cpu_s "$E1")" 'BEGIN{printf "%.3f", b - a}')
+WCPU_INGEST=$(awk -v a="$WCPU0" -v b="$(cpu_s "$E1/task/$WRITER")" 'BEGIN{printf "%.3f", b - a}')
+WRITES=$(($(io_of "$E1/task/$WRITER" syscw) - SYSCW0))
+WBYTES=$(($(io_of "$E1/task/$WRITER" write_bytes) - WBYTES0))
 sleep 1
 curl -fsS "http://127.0.0.1:$PORT/metrics" >"$D1/after.prom"
 ACCEPTED=$(($(msum "$D1/after.prom" loadimpact_webhook_events_total 'result="accepted"') - $(msum "$D1/before.prom" loadimpact_webhook_events_total 'result="accepted"')))
 COMMITS=$(($(msum "$D1/after.prom" loadimpact_exporter_store_commits_total) - $(msum "$D1/before.prom" loadimpact_exporter_store_commits_total)))
+COMMIT_S=$(awk -v a="$(msumf "$D1/before.prom" loadimpact_exporter_store_commit_duration_seconds_sum)" \
+  -v b="$(msumf "$D1/after.prom" loadimpact_exporter_store_commit_duration_seconds_sum)" 'BEGIN{printf "%.3f", b - a}')
 NON200=$(awk '/^Non-2xx/ {print $NF}' "$D1/ingest.txt"); NON200=${NON200:-0}
 
 PROFILE=""
@@ -292,7 +336,7 @@ SAME=$(cmp -s "$D2/before-restart.prom" "$D2/after-restart.prom" && echo "byte-i
 stop "$E3"
 
 # ---- the report --------------------------------------------------------------------
-CEIL=$(wrk_rps "$D1/healthy.txt"); INGEST=$(wrk_rps "$D1/ingest.txt"); PGW=$(wrk_rps "$WORK/pg.txt")
+CEIL=$(wrk_rps "$D1/healthy.txt"); INGEST=$(wrk_rps "$D1/ingest.txt"); PROBE=$(wrk_rps "$D1/probe.txt"); PGW=$(wrk_rps "$WORK/pg.txt")
 STEADY=$(wrk_rps "$D1/steady.txt")
 REDIS_INGEST=$(wrk_rps "$DR/ingest.txt"); REDIS_STEADY=$(wrk_rps "$DR/steady.txt")
 {
@@ -330,6 +374,19 @@ REDIS_INGEST=$(wrk_rps "$DR/ingest.txt"); REDIS_STEADY=$(wrk_rps "$DR/steady.txt
   fi
   echo "| exporter POST /webhook, Redis backend (appendfsync always), two replicas | $(printf '%.0f' "$REDIS_INGEST") | $(wrk_pct "$DR/ingest.txt" 50) | $(wrk_pct "$DR/ingest.txt" 99) |"
   echo "| Pushgateway POST, in memory (reference) | $(printf '%.0f' "$PGW") | $(wrk_pct "$WORK/pg.txt" 50) | $(wrk_pct "$WORK/pg.txt" 99) |"
+  echo
+  echo "## What bounds ingest (same run)"
+  echo
+  echo "CPU per request, from /proc (the exporter) and the shell's \`times\` (wrk), over each measured run:"
+  echo
+  echo "| wrk -t2 -c64, ${DURATION} s | requests/s | exporter CPU µs per request | wrk CPU µs per request |"
+  echo "|---|---|---|---|"
+  echo "| GET /-/healthy (the ceiling) | $(printf '%.0f' "$CEIL") | $(us_per "$CPU_HEALTHY" "$(wrk_n "$D1/healthy.txt")") | $(us_per "$(cat "$D1/healthy.txt.cpu")" "$(wrk_n "$D1/healthy.txt")") |"
+  echo "| the ingest's requests, to a path answered 404 at once (no parse, no store) | $(printf '%.0f' "$PROBE") | $(us_per "$CPU_PROBE" "$(wrk_n "$D1/probe.txt")") | $(us_per "$(cat "$D1/probe.txt.cpu")" "$(wrk_n "$D1/probe.txt")") |"
+  echo "| POST /webhook, distinct durable deliveries | $(printf '%.0f' "$INGEST") | $(us_per "$CPU_INGEST" "$(wrk_n "$D1/ingest.txt")") | $(us_per "$(cat "$D1/ingest.txt.cpu")" "$(wrk_n "$D1/ingest.txt")") |"
+  echo
+  echo "- the client: wrk building each distinct delivery in Lua reaches $(ratio "$PROBE" "$CEIL") of the ceiling with the exporter doing no work for it."
+  echo "- the store writer, one thread by design (one durable order): $(us_per "$WCPU_INGEST" "$ACCEPTED") µs of CPU per delivery; in commits $(awk -v c="$COMMIT_S" -v d="$DURATION" 'BEGIN{printf "%.0f", 100 * c / d}')% of the run's wall time; per commit $(ratio "$WRITES" "$COMMITS") write calls and $(awk -v b="$WBYTES" -v c="$COMMITS" 'BEGIN{ if (c > 0) printf "%.0f", b / c / 1024; else print "-" }') KiB written, then one fsync (redb writes every copy-on-write page of every table a group touches)."
   echo
   echo "Steady rate (10 connections, 10 ms pause after each answer, 15 s):"
   echo

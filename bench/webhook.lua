@@ -2,7 +2,8 @@
 --
 --   wrk ... -s bench/webhook.lua URL -- MODE PHASE [LAG [PROJECTS LOAD_TESTS [QUOTA]]]
 --
--- MODE  "webhook": POST Load Impact webhooks to the exporter's /webhook.
+-- MODE  "webhook": POST Load Impact webhooks to the exporter's /webhook
+--       (or to the path in the environment's BENCH_PATH: run.sh's probe).
 --       "push":    POST a one-line metric to a Pushgateway's /metrics/job/bench
 --                  (the reference). Both modes build each request in request(),
 --                  so wrk spends the same Lua work per request on either side.
@@ -56,6 +57,7 @@ local status_text = {
 }
 
 function init(args)
+  path = os.getenv("BENCH_PATH") -- nil: the URL's path
   mode = args[1] or "webhook"
   phase = tonumber(args[2] or "1")
   lag = tonumber(args[3] or "2000")
@@ -88,7 +90,7 @@ local function webhook(event, run, status, text)
     ["X-LoadImpact-Event"] = event,
     ["X-LoadImpact-ID"] = string.format("bench-%s-%d", prefix, n),
   }
-  return wrk.format("POST", nil, headers, body)
+  return wrk.format("POST", path, headers, body)
 end
 
 function request()
