@@ -572,8 +572,11 @@ impl Writer {
             .duration
             .observe(started.elapsed().as_secs_f64());
         shared.ready.store(true, Ordering::Release);
-        log_accepted(&replies);
+        // Answered before the lines are logged: the senders need not wait
+        // for them.
+        let applied = applied_of(&replies);
         answer(replies, Ok(()));
+        log_applied(&applied);
     }
 
     /// After a group is stored (or had nothing to store): drops the cold
@@ -734,11 +737,20 @@ fn answer(replies: Vec<Pending>, outcome: Result<(), WriteError>) {
     }
 }
 
-fn log_accepted(replies: &[Pending]) {
-    let applied = replies.iter().filter_map(|pending| match pending {
-        Pending::Applied(_, applied) => Some(applied),
-        Pending::Stored(_) => None,
-    });
+/// What the group's webhooks decided, to log once they are answered.
+fn applied_of(replies: &[Pending]) -> Vec<Applied> {
+    replies
+        .iter()
+        .filter_map(|pending| match pending {
+            Pending::Applied(_, applied) => Some(applied.clone()),
+            Pending::Stored(_) => None,
+        })
+        .collect()
+}
+
+/// One line per applied delivery, at info (and a warning for an unknown
+/// status), written by the writer thread in the group's order.
+fn log_applied(applied: &[Applied]) {
     for applied in applied {
         tracing::info!(
             event = applied.event,

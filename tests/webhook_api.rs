@@ -469,6 +469,81 @@ fn duplicates_by_id_and_by_run_and_event_change_nothing_else() {
     assert_value(&s, &events_total("test.finished", "duplicate"), 3.0);
 }
 
+/// The lines of `log` that carry `msg`, once there are `n` of them.
+fn log_lines(log: &std::path::Path, msg: &str, n: usize) -> Vec<String> {
+    wait_for(
+        &format!("{n} {msg:?} log lines"),
+        Duration::from_secs(10),
+        || {
+            let text = std::fs::read_to_string(log).unwrap_or_default();
+            let lines: Vec<String> = text
+                .lines()
+                .filter(|l| l.contains(msg))
+                .map(str::to_owned)
+                .collect();
+            (lines.len() >= n).then_some(lines)
+        },
+    )
+}
+
+#[test]
+fn each_applied_delivery_is_logged_once_with_what_it_decided() {
+    let dir = tempfile::tempdir().expect("dir");
+    let log = dir.path().join("exporter.log");
+    let exporter = Exporter::builder().log_to(&log).start();
+    let run = Run::new(1, 1, 1, 71);
+    let odd = Run::new(1, 1, 1, 72);
+    exporter.post_id_expect(&run.started(), "log-start", "accepted");
+    exporter.post_id_expect(&run.started(), "log-start", "duplicate");
+    exporter.post_id_expect(&run.finished(3, None), "log-finish", "accepted");
+    exporter.post_id_expect(&odd.started(), "log-odd-start", "accepted");
+    exporter.post_id_expect(&odd.finished(99, None), "log-odd-finish", "accepted");
+    // A request that is rejected is not applied: it has no such line.
+    let bad = send(
+        "POST",
+        &exporter.url("/webhook"),
+        &[("Content-Type", "application/json")],
+        Some(b"{not json"),
+    );
+    assert_eq!(bad.status, 400, "{}", bad.body);
+
+    let lines = log_lines(&log, "webhook applied", 5);
+    let with = |needles: &[&str]| {
+        lines
+            .iter()
+            .filter(|l| needles.iter().all(|n| l.contains(n)))
+            .count()
+    };
+    assert_eq!(lines.len(), 5, "one line per applied delivery: {lines:#?}");
+    assert_eq!(with(&["result=accepted"]), 4, "{lines:#?}");
+    assert_eq!(
+        with(&["run_id=71", "result=duplicate", "event=test.started"]),
+        1,
+        "{lines:#?}"
+    );
+    assert_eq!(
+        with(&[
+            "run_id=71",
+            "event=test.finished",
+            "outcome=finished",
+            "status=3"
+        ]),
+        1,
+        "{lines:#?}"
+    );
+    assert_eq!(
+        with(&["run_id=72", "outcome=unknown", "status=99"]),
+        1,
+        "{lines:#?}"
+    );
+    let unknown = log_lines(&log, "has an unknown status", 1);
+    assert_eq!(unknown.len(), 1, "{unknown:#?}");
+    assert!(
+        unknown[0].contains("run_id=72") && unknown[0].contains("level=warn"),
+        "{unknown:#?}"
+    );
+}
+
 #[test]
 fn a_finish_before_its_start_counts_once_and_never_runs() {
     let exporter = Exporter::start(&[]);
