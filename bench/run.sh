@@ -350,6 +350,7 @@ REDIS_INGEST=$(wrk_rps "$DR/ingest.txt"); REDIS_STEADY=$(wrk_rps "$DR/steady.txt
   echo "- $(nproc) cores ($(awk -F': ' '/^model name/ {print $2; exit}' /proc/cpuinfo)), $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), kernel $(uname -r)"
   echo "- store on $FSTYPE ($(df "$WORK" | awk 'NR==2 {print $1}')); one synchronous 4 KiB write (dd oflag=dsync): $FSYNC_PROBE"
   echo "- load average before the run: $LOAD_BEFORE (a shared machine; wrk runs on the same 2 cores)"
+  echo "- the exporter runs with its default flags but \`--log.level=warn\`: at the default \`info\` it also logs one line per delivery"
   echo "- $(wrk -v 2>&1 | head -1 | cut -d' ' -f1-2); $("$PUSHGATEWAY" --version 2>&1 | head -1)"
   echo
   echo "## Against the targets"
