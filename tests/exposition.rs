@@ -386,33 +386,67 @@ fn one_structured_log_line_per_accepted_event_in_both_formats() {
         for body in [run.started(), run.finished(6, Some("Aborted by user"))] {
             exporter.post_expect(&body, "accepted");
         }
+        // A repeat is applied too (it decides "duplicate"); a finish with a
+        // status no table knows is also warned about; a rejected request is
+        // not applied and has no line.
+        let repeated = Run::new(1, 2, 3, 4712);
+        exporter.post_id_expect(&repeated.started(), "log-repeat", "accepted");
+        exporter.post_id_expect(&repeated.started(), "log-repeat", "duplicate");
+        let odd = Run::new(1, 2, 3, 4713);
+        exporter.post_expect(&odd.started(), "accepted");
+        exporter.post_expect(&odd.finished(99, None), "accepted");
+        let bad = send(
+            "POST",
+            &exporter.url("/webhook"),
+            &[("Content-Type", "application/json")],
+            Some(b"{not json"),
+        );
+        assert_eq!(bad.status, 400, "{}", bad.body);
         assert!(exporter.terminate().success());
 
         let text = std::fs::read_to_string(&log).expect("read the log");
         let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
-        let about = |event: &str, outcome: Option<&str>| -> Vec<&str> {
+        let mentions = |line: &str, needle: &str| match format {
+            "json" => serde_json::from_str::<Value>(line).is_ok_and(|v| json_mentions(&v, needle)),
+            _ => line.contains(&format!("={needle}")) || line.contains(&format!("=\"{needle}\"")),
+        };
+        let lines_with = |needles: &[&str]| -> Vec<&str> {
             lines
                 .iter()
                 .copied()
-                .filter(|line| {
-                    let mentions = |needle: &str| match format {
-                        "json" => serde_json::from_str::<Value>(line)
-                            .is_ok_and(|v| json_mentions(&v, needle)),
-                        _ => {
-                            line.contains(&format!("={needle}"))
-                                || line.contains(&format!("=\"{needle}\""))
-                        }
-                    };
-                    mentions("4711") && mentions(event) && outcome.is_none_or(mentions)
-                })
+                .filter(|line| needles.iter().all(|n| mentions(line, n)))
                 .collect()
         };
-        let started = about("test.started", None);
-        let finished = about("test.finished", Some("aborted_by_user"));
+        let started = lines_with(&["4711", "test.started"]);
+        let finished = lines_with(&["4711", "test.finished", "aborted_by_user"]);
         assert_eq!(
             (started.len(), finished.len()),
             (1, 1),
             "{format}: one line per accepted event with its run id, event and outcome:\n{text}"
+        );
+        let applied = lines
+            .iter()
+            .filter(|l| l.contains("webhook applied"))
+            .count();
+        assert_eq!(
+            applied, 6,
+            "{format}: one line per applied delivery:\n{text}"
+        );
+        assert_eq!(
+            lines_with(&["4712", "test.started", "duplicate"]).len(),
+            1,
+            "{format}: the repeat's line says duplicate:\n{text}"
+        );
+        let warned: Vec<&str> = lines
+            .iter()
+            .copied()
+            .filter(|l| l.contains("has an unknown status") && mentions(l, "4713"))
+            .filter(|l| mentions(l, "warn") || mentions(l, "WARN"))
+            .collect();
+        assert_eq!(
+            warned.len(),
+            1,
+            "{format}: one warning for the unknown status:\n{text}"
         );
         if format == "json" {
             quiet_at_error_level();
