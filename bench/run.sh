@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The whole benchmark, in one run, written to bench/RESULTS.md:
 #
-#   bash bench/run.sh            # about 8 minutes on 2 cores
+#   bash bench/run.sh            # about 5 minutes on 2 cores, plus the release build
 #
 # Every figure is measured here, in this run, beside its target, and every
 # ratio compares two things measured in this same run on this machine:
@@ -102,16 +102,13 @@ stop() {
 }
 vm_kb() { awk -v k="$2:" '$1 == k {print $2}' "/proc/$1/status"; }
 mib() { awk -v k="$1" 'BEGIN{printf "%.1f", k / 1024}'; }
-# Sum of a metric's samples in a scrape file, optionally only lines matching a regex.
+# Sum of a metric's samples in a scrape file, optionally only lines matching a
+# regex ("" for all), printed with a format (a whole number unless given).
 msum() {
-  awk -v n="$2" -v f="${3:-}" '
+  awk -v n="$2" -v f="${3:-}" -v fmt="${4:-%.0f}" '
     { name = $1; sub(/[{].*/, "", name) }
     name == n && (f == "" || $1 ~ f) { s += $NF }
-    END { printf "%.0f\n", s + 0 }' "$1"
-}
-# The same as msum, with three decimals.
-msumf() {
-  awk -v n="$2" '{ name = $1; sub(/[{].*/, "", name) } name == n { s += $NF } END { printf "%.3f\n", s + 0 }' "$1"
+    END { printf fmt "\n", s + 0 }' "$1"
 }
 # wrk in the background, waited for; BENCH_RESULT json to $out.json.
 # Args: out url c threads seconds script [args...]
@@ -157,6 +154,8 @@ thread_of() { grep -lx "$2" /proc/"$1"/task/*/comm | head -1 | cut -d/ -f5; }
 io_of() { awk -v k="$2:" '$1 == k {print $2}' "/proc/$1/io"; }
 # Microseconds of CPU per request: seconds, requests.
 us_per() { awk -v s="$1" -v n="$2" 'BEGIN{ if (n > 0) printf "%.1f", s * 1e6 / n; else print "-" }'; }
+# b - a, for two readings of a counter in seconds.
+delta() { awk -v a="$1" -v b="$2" 'BEGIN{printf "%.3f", b - a}'; }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN{ if (b > 0) printf "%.2f", a / b; else print "-" }'; }
 verdict() { # value op target -> met / NOT met
   awk -v v="$1" -v t="$3" -v op="$2" 'BEGIN{ ok = (op == "<") ? (v < t) : (v >= t); print ok ? "met" : "**not met**" }'
@@ -177,14 +176,14 @@ wait_ready "http://127.0.0.1:$PORT/-/ready" "$E1" >/dev/null
 log "ceiling: GET /-/healthy, wrk -t2 -c64 -d${DURATION}s"
 CPU0=$(cpu_s "$E1")
 run_wrk "$D1/healthy.txt" "http://127.0.0.1:$PORT/-/healthy" 64 2 "$DURATION" -
-CPU_HEALTHY=$(awk -v a="$CPU0" -v b="$(cpu_s "$E1")" 'BEGIN{printf "%.3f", b - a}')
+CPU_HEALTHY=$(delta "$CPU0" "$(cpu_s "$E1")")
 # The same requests as the ingest below (webhook.lua builds each, so wrk
 # spends the same Lua work), POSTed to a path the exporter answers 404 at
 # once: what the client and HTTP alone allow, with no parse and no store.
 log "probe: the ingest's requests to a path answered 404 at once, wrk -t2 -c64 -d${DURATION}s"
 CPU0=$(cpu_s "$E1")
 BENCH_PATH=/bench-probe run_wrk "$D1/probe.txt" "http://127.0.0.1:$PORT/webhook" 64 2 "$DURATION" bench/webhook.lua webhook 9
-CPU_PROBE=$(awk -v a="$CPU0" -v b="$(cpu_s "$E1")" 'BEGIN{printf "%.3f", b - a}')
+CPU_PROBE=$(delta "$CPU0" "$(cpu_s "$E1")")
 log "ingest: distinct deliveries, wrk -t2 -c64, 3 s warm-up + ${DURATION}s"
 run_wrk "$D1/warmup.txt" "http://127.0.0.1:$PORT/webhook" 64 2 3 bench/webhook.lua webhook 1
 curl -fsS "http://127.0.0.1:$PORT/metrics" >"$D1/before.prom"
@@ -192,16 +191,16 @@ WRITER=$(thread_of "$E1" store-writer)
 CPU0=$(cpu_s "$E1"); WCPU0=$(cpu_s "$E1/task/$WRITER")
 SYSCW0=$(io_of "$E1/task/$WRITER" syscw); WBYTES0=$(io_of "$E1/task/$WRITER" write_bytes)
 run_wrk "$D1/ingest.txt" "http://127.0.0.1:$PORT/webhook" 64 2 "$DURATION" bench/webhook.lua webhook 2
-CPU_INGEST=$(awk -v a="$CPU0" -v b="$(cpu_s "$E1")" 'BEGIN{printf "%.3f", b - a}')
-WCPU_INGEST=$(awk -v a="$WCPU0" -v b="$(cpu_s "$E1/task/$WRITER")" 'BEGIN{printf "%.3f", b - a}')
+CPU_INGEST=$(delta "$CPU0" "$(cpu_s "$E1")")
+WCPU_INGEST=$(delta "$WCPU0" "$(cpu_s "$E1/task/$WRITER")")
 WRITES=$(($(io_of "$E1/task/$WRITER" syscw) - SYSCW0))
 WBYTES=$(($(io_of "$E1/task/$WRITER" write_bytes) - WBYTES0))
 sleep 1
 curl -fsS "http://127.0.0.1:$PORT/metrics" >"$D1/after.prom"
 ACCEPTED=$(($(msum "$D1/after.prom" loadimpact_webhook_events_total 'result="accepted"') - $(msum "$D1/before.prom" loadimpact_webhook_events_total 'result="accepted"')))
 COMMITS=$(($(msum "$D1/after.prom" loadimpact_exporter_store_commits_total) - $(msum "$D1/before.prom" loadimpact_exporter_store_commits_total)))
-COMMIT_S=$(awk -v a="$(msumf "$D1/before.prom" loadimpact_exporter_store_commit_duration_seconds_sum)" \
-  -v b="$(msumf "$D1/after.prom" loadimpact_exporter_store_commit_duration_seconds_sum)" 'BEGIN{printf "%.3f", b - a}')
+COMMIT_S=$(delta "$(msum "$D1/before.prom" loadimpact_exporter_store_commit_duration_seconds_sum "" %.3f)" \
+  "$(msum "$D1/after.prom" loadimpact_exporter_store_commit_duration_seconds_sum "" %.3f)")
 NON200=$(awk '/^Non-2xx/ {print $NF}' "$D1/ingest.txt"); NON200=${NON200:-0}
 
 PROFILE=""
@@ -338,6 +337,15 @@ stop "$E3"
 # ---- the report --------------------------------------------------------------------
 CEIL=$(wrk_rps "$D1/healthy.txt"); INGEST=$(wrk_rps "$D1/ingest.txt"); PROBE=$(wrk_rps "$D1/probe.txt"); PGW=$(wrk_rps "$WORK/pg.txt")
 STEADY=$(wrk_rps "$D1/steady.txt")
+# What bounds ingest: requests and wrk's CPU seconds of each run, and the CPU
+# the ceiling's run used (both processes) spent at half its rate, less wrk's
+# own cost per ingest request: what 0.5 of the ceiling would leave the
+# exporter for each delivery.
+N_HEALTHY=$(wrk_n "$D1/healthy.txt"); N_PROBE=$(wrk_n "$D1/probe.txt"); N_INGEST=$(wrk_n "$D1/ingest.txt")
+WRK_HEALTHY=$(cat "$D1/healthy.txt.cpu"); WRK_PROBE=$(cat "$D1/probe.txt.cpu"); WRK_INGEST=$(cat "$D1/ingest.txt.cpu")
+CORES_AT_CEIL=$(awk -v a="$CPU_HEALTHY" -v b="$WRK_HEALTHY" -v d="$DURATION" 'BEGIN{printf "%.2f", (a + b) / d}')
+BUDGET=$(awk -v c="$CORES_AT_CEIL" -v r="$CEIL" -v w="$WRK_INGEST" -v n="$N_INGEST" \
+  'BEGIN{ if (r > 0 && n > 0) printf "%.1f", c * 1e6 / (0.5 * r) - w * 1e6 / n; else print "-" }')
 REDIS_INGEST=$(wrk_rps "$DR/ingest.txt"); REDIS_STEADY=$(wrk_rps "$DR/steady.txt")
 {
   echo "# Benchmark results"
@@ -382,16 +390,13 @@ REDIS_INGEST=$(wrk_rps "$DR/ingest.txt"); REDIS_STEADY=$(wrk_rps "$DR/steady.txt
   echo
   echo "| wrk -t2 -c64, ${DURATION} s | requests/s | exporter CPU µs per request | wrk CPU µs per request |"
   echo "|---|---|---|---|"
-  echo "| GET /-/healthy (the ceiling) | $(printf '%.0f' "$CEIL") | $(us_per "$CPU_HEALTHY" "$(wrk_n "$D1/healthy.txt")") | $(us_per "$(cat "$D1/healthy.txt.cpu")" "$(wrk_n "$D1/healthy.txt")") |"
-  echo "| the ingest's requests, to a path answered 404 at once (no parse, no store) | $(printf '%.0f' "$PROBE") | $(us_per "$CPU_PROBE" "$(wrk_n "$D1/probe.txt")") | $(us_per "$(cat "$D1/probe.txt.cpu")" "$(wrk_n "$D1/probe.txt")") |"
-  echo "| POST /webhook, distinct durable deliveries | $(printf '%.0f' "$INGEST") | $(us_per "$CPU_INGEST" "$(wrk_n "$D1/ingest.txt")") | $(us_per "$(cat "$D1/ingest.txt.cpu")" "$(wrk_n "$D1/ingest.txt")") |"
+  echo "| GET /-/healthy (the ceiling) | $(printf '%.0f' "$CEIL") | $(us_per "$CPU_HEALTHY" "$N_HEALTHY") | $(us_per "$WRK_HEALTHY" "$N_HEALTHY") |"
+  echo "| the ingest's requests, to a path answered 404 at once (no parse, no store) | $(printf '%.0f' "$PROBE") | $(us_per "$CPU_PROBE" "$N_PROBE") | $(us_per "$WRK_PROBE" "$N_PROBE") |"
+  echo "| POST /webhook, distinct durable deliveries | $(printf '%.0f' "$INGEST") | $(us_per "$CPU_INGEST" "$N_INGEST") | $(us_per "$WRK_INGEST" "$N_INGEST") |"
   echo
   echo "- the client: wrk building each distinct delivery in Lua reaches $(ratio "$PROBE" "$CEIL") of the ceiling with the exporter doing no work for it."
-  # The CPU the ceiling's run used (both processes), spent at half its rate
-  # less wrk's own cost per ingest request: what 0.5 of the ceiling would
-  # leave the exporter for each delivery.
-  echo "- the budget: at the ceiling the exporter and wrk used $(awk -v a="$CPU_HEALTHY" -v b="$(cat "$D1/healthy.txt.cpu")" -v d="$DURATION" 'BEGIN{printf "%.2f", (a + b) / d}') of the 2 cores. Half the ceiling's rate in that CPU, less wrk's own $(us_per "$(cat "$D1/ingest.txt.cpu")" "$(wrk_n "$D1/ingest.txt")") µs per ingest request, leaves the exporter $(awk -v a="$CPU_HEALTHY" -v b="$(cat "$D1/healthy.txt.cpu")" -v d="$DURATION" -v r="$CEIL" -v w="$(cat "$D1/ingest.txt.cpu")" -v n="$(wrk_n "$D1/ingest.txt")" 'BEGIN{ if (r > 0 && n > 0) printf "%.1f", (a + b) / d * 1e6 / (0.5 * r) - w * 1e6 / n; else print "-" }') µs per durable delivery, against $(us_per "$CPU_PROBE" "$(wrk_n "$D1/probe.txt")") µs to answer the probe's 404 and $(us_per "$CPU_INGEST" "$(wrk_n "$D1/ingest.txt")") µs measured."
-  echo "- the store writer, one thread by design (one durable order): $(us_per "$WCPU_INGEST" "$ACCEPTED") µs of CPU per delivery, the exporter's other threads (the HTTP workers) $(us_per "$(awk -v a="$CPU_INGEST" -v b="$WCPU_INGEST" 'BEGIN{printf "%.3f", a - b}')" "$ACCEPTED") µs; in commits $(awk -v c="$COMMIT_S" -v d="$DURATION" 'BEGIN{printf "%.0f", 100 * c / d}')% of the run's wall time; per commit $(ratio "$WRITES" "$COMMITS") write calls and $(awk -v b="$WBYTES" -v c="$COMMITS" 'BEGIN{ if (c > 0) printf "%.0f", b / c / 1024; else print "-" }') KiB written, then one fsync (redb writes every copy-on-write page of every table a group touches)."
+  echo "- the budget: at the ceiling the exporter and wrk used $CORES_AT_CEIL of the 2 cores. Half the ceiling's rate in that CPU, less wrk's own $(us_per "$WRK_INGEST" "$N_INGEST") µs per ingest request, leaves the exporter $BUDGET µs per durable delivery, against $(us_per "$CPU_PROBE" "$N_PROBE") µs to answer the probe's 404 and $(us_per "$CPU_INGEST" "$N_INGEST") µs measured."
+  echo "- the store writer, one thread by design (one durable order): $(us_per "$WCPU_INGEST" "$ACCEPTED") µs of CPU per delivery, the exporter's other threads (the HTTP workers) $(us_per "$(delta "$WCPU_INGEST" "$CPU_INGEST")" "$ACCEPTED") µs; in commits $(awk -v c="$COMMIT_S" -v d="$DURATION" 'BEGIN{printf "%.0f", 100 * c / d}')% of the run's wall time; per commit $(ratio "$WRITES" "$COMMITS") write calls and $(awk -v b="$WBYTES" -v c="$COMMITS" 'BEGIN{ if (c > 0) printf "%.0f", b / c / 1024; else print "-" }') KiB written, then one fsync (redb writes every copy-on-write page of every table a group touches)."
   echo
   echo "Steady rate (10 connections, 10 ms pause after each answer, 15 s):"
   echo
