@@ -8,8 +8,12 @@ use crate::outcome::Outcome;
 use crate::webhook::Project;
 use std::collections::{BTreeMap, BTreeSet};
 
-/// The identity of one stored entry; what a change touched.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+/// The identity of one stored entry; what a change touched. It serializes
+/// for the embedded store's journal, so its JSON form is part of that
+/// store's layout.
+#[derive(
+    Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
 pub enum Key {
     Run(u64),
     Dedup(String),
