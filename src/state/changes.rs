@@ -8,12 +8,8 @@ use crate::outcome::Outcome;
 use crate::webhook::Project;
 use std::collections::{BTreeMap, BTreeSet};
 
-/// The identity of one stored entry; what a change touched. It serializes
-/// for the embedded store's journal, so its JSON form is part of that
-/// store's layout.
-#[derive(
-    Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
-)]
+/// The identity of one stored entry; what a change touched.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Key {
     Run(u64),
     Dedup(String),

@@ -2,17 +2,6 @@
 //! map of the state, committed with fsync before a commit returns. Its
 //! layout is an API boundary (see docs/architecture.md): a change to it needs
 //! a new [`SCHEMA_VERSION`] and a migration from the previous layout.
-//!
-//! A commit appends one row to the `journal` table: the entries the commit
-//! changed, as they then stood. Only once the journal names
-//! [`CHECKPOINT_KEYS`] entries (or holds [`CHECKPOINT_ROWS`] rows), and on
-//! every prune (once a tick), does a commit also write everything the
-//! journal holds into the tables and empty it: a checkpoint. Between
-//! two such checkpoints the store keeps the same entries in memory
-//! ([`Unwritten`]), so that reads see them; opening the store writes out
-//! whatever journal a crash left. A commit so touches a few pages of one
-//! table rather than a path in every table its entries live in, and an entry
-//! changed by many commits (a counter) is written once per checkpoint.
 
 use super::{Position, Store, StoreError};
 use crate::clock::Millis;
@@ -20,7 +9,6 @@ use crate::outcome::Outcome;
 use crate::state::{Changes, Key, Machine, State, Wanted};
 use crate::webhook::Project;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
-use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
 fn db_err(e: impl std::fmt::Display) -> StoreError {
@@ -51,27 +39,13 @@ const OUTBOX: TableDefinition<u64, &[u8]> = TableDefinition::new("outbox");
 const FINISHES: TableDefinition<(u64, u64, i64), u64> = TableDefinition::new("finishes");
 const RECENT: TableDefinition<u64, &[u8]> = TableDefinition::new("recent");
 const META: TableDefinition<&str, &str> = TableDefinition::new("meta");
-/// Commit number (from 0 after each checkpoint) -> the [`JournalRow`] of the
-/// entries that commit changed, not yet written into the tables above.
-const JOURNAL: TableDefinition<u64, &[u8]> = TableDefinition::new("journal");
-
-/// A commit that would leave this many rows in the journal writes the
-/// journal out instead (a checkpoint). Seldom reached: a prune writes it out
-/// once a tick, and [`CHECKPOINT_KEYS`] comes first under load.
-const CHECKPOINT_ROWS: u64 = 1024;
-/// Nor may the journal name more than this many entries: it bounds the
-/// memory that [`Unwritten`] holds and the size of one checkpoint (about
-/// 2,000 deliveries of `bench/webhook.lua`).
-const CHECKPOINT_KEYS: usize = 8192;
 /// The key in `meta` of the shared log's position the state reflects.
 const POSITION: &str = "log_position";
 
 /// The layout version written in `meta`. Older layouts are migrated on open
 /// (1: durations as float seconds, one table for all runs; 2: started runs
-/// counted by project alone; 3: no journal, every commit written into the
-/// tables); a newer one is refused, since a build that does not read the
-/// journal would miss what it holds.
-const SCHEMA_VERSION: &str = "4";
+/// counted by project alone); a newer one is refused.
+const SCHEMA_VERSION: &str = "3";
 
 /// The state in a redb database file, `loadimpact.redb` in the storage directory.
 pub struct RedbStore {
@@ -80,50 +54,6 @@ pub struct RedbStore {
     path: PathBuf,
     /// Where the next prune resumes in each cold table.
     prune_from: PruneCursor,
-    /// What the journal holds, in memory.
-    unwritten: Unwritten,
-    /// [`CHECKPOINT_ROWS`], smaller in tests.
-    checkpoint_rows: u64,
-}
-
-/// The entries committed to the journal since the last checkpoint: each as
-/// the last commit that changed it left it. A key of `keys` whose entry is
-/// absent from `entries` was deleted. Reads look here before the tables.
-#[derive(Debug, Default)]
-struct Unwritten {
-    entries: State,
-    keys: BTreeSet<Key>,
-    /// Rows in the journal (the next row's number).
-    rows: u64,
-}
-
-impl Unwritten {
-    /// Whether `key` was changed since the last checkpoint: if so, `entries`
-    /// holds what it is (or its absence).
-    fn has(&self, key: &Key) -> bool {
-        self.keys.contains(key)
-    }
-
-    /// Whether the next commit should write the journal out rather than
-    /// add a row to it, with at most `rows` rows in the journal.
-    fn is_full(&self, rows: u64) -> bool {
-        self.rows + 1 >= rows || self.keys.len() >= CHECKPOINT_KEYS
-    }
-}
-
-/// One journal row: the entries one commit changed, as it left them (a key
-/// whose entry is absent was deleted).
-#[derive(serde::Serialize)]
-struct JournalRow<'a> {
-    keys: &'a BTreeSet<Key>,
-    entries: &'a State,
-}
-
-/// A [`JournalRow`] read back.
-#[derive(serde::Deserialize)]
-struct ReadRow {
-    keys: BTreeSet<Key>,
-    entries: State,
 }
 
 #[derive(Debug, Default)]
@@ -143,8 +73,6 @@ impl RedbStore {
             db: Some(db),
             path,
             prune_from: PruneCursor::default(),
-            unwritten: Unwritten::default(),
-            checkpoint_rows: CHECKPOINT_ROWS,
         })
     }
 
@@ -152,43 +80,10 @@ impl RedbStore {
         &self.path
     }
 
-    /// Checkpoints every `rows` commits rather than every [`CHECKPOINT_ROWS`].
-    #[cfg(test)]
-    pub fn with_checkpoint_rows(mut self, rows: u64) -> RedbStore {
-        self.checkpoint_rows = rows;
-        self
-    }
-
     fn db(&self) -> Result<&Database, StoreError> {
         self.db
             .as_ref()
             .ok_or_else(|| StoreError::Db(format!("{} is closed", self.path.display())))
-    }
-
-    /// After a failed write: closed until [`Store::recover`] reopens it and
-    /// reads the journal back from the file.
-    fn close(&mut self) {
-        self.db = None;
-        self.unwritten = Unwritten::default();
-    }
-
-    /// Writes out, within `txn`, everything the journal holds, and empties
-    /// it. [`Unwritten`] is cleared by the caller once `txn` is committed.
-    fn checkpoint(&self, txn: &redb::WriteTransaction) -> Result<(), StoreError> {
-        write_entries(txn, &self.unwritten.entries, &self.unwritten.keys)?;
-        empty(txn, JOURNAL)
-    }
-
-    /// The stored state: the tables, cold ones too when `cold`, with the
-    /// journal's entries over them.
-    fn read(&self, cold: bool) -> Result<State, StoreError> {
-        let mut state = read_tables(&self.db()?.begin_read().map_err(db_err)?, cold)?;
-        state.copy_entries(&self.unwritten.entries, &self.unwritten.keys);
-        if !cold {
-            state.runs.retain(|_, run| run.is_running());
-            state.dedup.clear();
-        }
-        Ok(state)
     }
 }
 
@@ -209,17 +104,14 @@ fn open_db(path: &Path) -> Result<Database, StoreError> {
         match version.as_deref() {
             None => {}
             Some(SCHEMA_VERSION) => {}
-            Some("3") => {
-                tracing::info!(path = %path.display(), "store migrated from layout 3 to 4");
-            }
             Some("1") => {
                 migrate_from_v1(&txn)?;
                 migrate_from_v2(&txn)?;
-                tracing::info!(path = %path.display(), "store migrated from layout 1 to 4");
+                tracing::info!(path = %path.display(), "store migrated from layout 1 to 3");
             }
             Some("2") => {
                 migrate_from_v2(&txn)?;
-                tracing::info!(path = %path.display(), "store migrated from layout 2 to 4");
+                tracing::info!(path = %path.display(), "store migrated from layout 2 to 3");
             }
             Some(v) => {
                 return Err(StoreError::Db(format!(
@@ -241,35 +133,9 @@ fn open_db(path: &Path) -> Result<Database, StoreError> {
         txn.open_table(OUTBOX).map_err(db_err)?;
         txn.open_table(FINISHES).map_err(db_err)?;
         txn.open_table(RECENT).map_err(db_err)?;
-        txn.open_table(JOURNAL).map_err(db_err)?;
-        write_out_journal(&txn)?;
     }
     txn.commit().map_err(db_err)?;
     Ok(db)
-}
-
-/// Writes into the tables, within `txn`, whatever the journal holds (the
-/// commits since the last checkpoint before a crash or a stop), in order,
-/// and empties it.
-fn write_out_journal(txn: &redb::WriteTransaction) -> Result<(), StoreError> {
-    let mut entries = State::default();
-    let mut keys = BTreeSet::new();
-    for row in txn
-        .open_table(JOURNAL)
-        .map_err(db_err)?
-        .iter()
-        .map_err(db_err)?
-    {
-        let (_, row) = row.map_err(db_err)?;
-        let row: ReadRow = from_json("journal", row.value())?;
-        entries.copy_entries(&row.entries, &row.keys);
-        keys.extend(row.keys);
-    }
-    if !keys.is_empty() {
-        write_entries(txn, &entries, &keys)?;
-        tracing::debug!(entries = keys.len(), "journal written out");
-    }
-    empty(txn, JOURNAL)
 }
 
 /// Layout 1 kept durations as float seconds (`sum`, `last_duration_seconds`)
@@ -422,12 +288,12 @@ fn write_position(txn: &redb::WriteTransaction, position: &Position) -> Result<(
     Ok(())
 }
 
-/// Writes the entries named in `keys` as they are in `state` (deleting
+/// Writes the entries named in `changes` as they are in `state` (deleting
 /// those no longer there), within `txn`.
 fn write_entries(
     txn: &redb::WriteTransaction,
     state: &State,
-    keys: &BTreeSet<Key>,
+    changes: &Changes,
 ) -> Result<(), StoreError> {
     let mut runs = txn.open_table(RUNS).map_err(db_err)?;
     let mut ended = txn.open_table(ENDED_RUNS).map_err(db_err)?;
@@ -439,7 +305,7 @@ fn write_entries(
     let mut outbox = txn.open_table(OUTBOX).map_err(db_err)?;
     let mut finishes = txn.open_table(FINISHES).map_err(db_err)?;
     let mut recent = txn.open_table(RECENT).map_err(db_err)?;
-    for key in keys {
+    for key in &changes.keys {
         match key {
             Key::Run(id) => {
                 // A run lives in exactly one of the two tables.
@@ -492,90 +358,69 @@ fn write_entries(
     Ok(())
 }
 
-/// Reads the tables (the cold ones, request ids and ended runs, only when
-/// `cold`) into a state, without the journal.
-fn read_tables(txn: &redb::ReadTransaction, cold: bool) -> Result<State, StoreError> {
-    let mut s = State::default();
-    each(txn, RUNS, |k, v| {
-        s.runs.insert(k, from_json("runs", v)?);
-        Ok(())
-    })?;
-    each(txn, LOAD_TESTS, |k, v| {
-        s.load_tests.insert(k, from_json("load_tests", v)?);
-        Ok(())
-    })?;
-    each(txn, COUNTERS, |k, v| {
-        s.counters.insert(from_json("counters", k.as_bytes())?, v);
-        Ok(())
-    })?;
-    each(txn, HISTOGRAMS, |k, v| {
-        let key: (Project, Outcome) = from_json("histograms", k.as_bytes())?;
-        s.histograms.insert(key, from_json("histograms", v)?);
-        Ok(())
-    })?;
-    each(txn, LAST_EVENT, |k, v| {
-        s.last_event.insert(k.to_owned(), v);
-        Ok(())
-    })?;
-    each(txn, OUTBOX, |k, v| {
-        s.outbox.insert(k, from_json("outbox", v)?);
-        Ok(())
-    })?;
-    each(txn, FINISHES, |(organization_id, project_id, code), n| {
-        let project = Project {
-            organization_id,
-            project_id,
-        };
-        // Keys come in order, so each project's codes stay sorted.
-        let codes = s.finishes.entry(project).or_default();
-        codes.extend(std::iter::repeat_n(code, usize::try_from(n).unwrap_or(0)));
-        Ok(())
-    })?;
-    each(txn, RECENT, |k, v| {
-        s.recent.insert(k, from_json("recent", v)?);
-        Ok(())
-    })?;
-    if cold {
-        each(txn, DEDUP, |k, v| {
-            s.dedup.insert(k.to_owned(), v);
-            Ok(())
-        })?;
-        each(txn, ENDED_RUNS, |k, v| {
-            s.runs.insert(k, from_json("ended_runs", v)?);
-            Ok(())
-        })?;
-    }
-    Ok(s)
-}
-
 impl Store for RedbStore {
     /// redb refuses every write after an I/O error until the database is
-    /// reopened: close it, reopen it (redb repairs what it must, and the
-    /// journal is written out) and read back what is durable.
+    /// reopened: close it, reopen it (redb repairs what it must) and read back
+    /// what is durable.
     fn recover(&mut self) -> Result<State, StoreError> {
-        self.close();
+        self.db = None;
         self.db = Some(open_db(&self.path)?);
         self.load()
     }
 
     fn load(&self) -> Result<State, StoreError> {
-        self.read(false)
+        let txn = self.db()?.begin_read().map_err(db_err)?;
+        let mut s = State::default();
+        each(&txn, RUNS, |k, v| {
+            s.runs.insert(k, from_json("runs", v)?);
+            Ok(())
+        })?;
+        each(&txn, LOAD_TESTS, |k, v| {
+            s.load_tests.insert(k, from_json("load_tests", v)?);
+            Ok(())
+        })?;
+        each(&txn, COUNTERS, |k, v| {
+            s.counters.insert(from_json("counters", k.as_bytes())?, v);
+            Ok(())
+        })?;
+        each(&txn, HISTOGRAMS, |k, v| {
+            let key: (Project, Outcome) = from_json("histograms", k.as_bytes())?;
+            s.histograms.insert(key, from_json("histograms", v)?);
+            Ok(())
+        })?;
+        each(&txn, LAST_EVENT, |k, v| {
+            s.last_event.insert(k.to_owned(), v);
+            Ok(())
+        })?;
+        each(&txn, OUTBOX, |k, v| {
+            s.outbox.insert(k, from_json("outbox", v)?);
+            Ok(())
+        })?;
+        each(&txn, FINISHES, |(organization_id, project_id, code), n| {
+            let project = Project {
+                organization_id,
+                project_id,
+            };
+            // Keys come in order, so each project's codes stay sorted.
+            let codes = s.finishes.entry(project).or_default();
+            codes.extend(std::iter::repeat_n(code, usize::try_from(n).unwrap_or(0)));
+            Ok(())
+        })?;
+        each(&txn, RECENT, |k, v| {
+            s.recent.insert(k, from_json("recent", v)?);
+            Ok(())
+        })?;
+        Ok(s)
     }
 
     fn fetch(&self, state: &mut State, wanted: &Wanted) -> Result<(), StoreError> {
         if wanted.request_ids.is_empty() && wanted.run_ids.is_empty() {
             return Ok(());
         }
-        let unwritten = &self.unwritten;
         let txn = self.db()?.begin_read().map_err(db_err)?;
         let dedup = txn.open_table(DEDUP).map_err(db_err)?;
         for id in &wanted.request_ids {
-            if state.dedup.contains_key(id) {
-                continue;
-            }
-            if let Some(seen) = unwritten.entries.dedup.get(id) {
-                state.dedup.insert(id.clone(), *seen);
-            } else if !unwritten.has(&Key::Dedup(id.clone())) {
+            if !state.dedup.contains_key(id) {
                 if let Some(seen) = dedup.get(id.as_str()).map_err(db_err)? {
                     state.dedup.insert(id.clone(), seen.value());
                 }
@@ -583,12 +428,7 @@ impl Store for RedbStore {
         }
         let ended = txn.open_table(ENDED_RUNS).map_err(db_err)?;
         for id in &wanted.run_ids {
-            if state.runs.contains_key(id) {
-                continue;
-            }
-            if let Some(run) = unwritten.entries.runs.get(id) {
-                state.runs.insert(*id, run.clone());
-            } else if !unwritten.has(&Key::Run(*id)) {
+            if !state.runs.contains_key(id) {
                 if let Some(run) = ended.get(*id).map_err(db_err)? {
                     state
                         .runs
@@ -608,18 +448,13 @@ impl Store for RedbStore {
         if changes.is_empty() && position.is_none() {
             return Ok(());
         }
-        // The journal's entries as they stand after this commit. On failure
-        // the store closes, and `recover` reads them back from the file.
-        self.unwritten.entries.copy_entries(state, &changes.keys);
-        self.unwritten.keys.extend(changes.keys.iter().cloned());
-        let checkpoint = self.unwritten.is_full(self.checkpoint_rows);
-        let result = self.write_commit(state, changes, position, checkpoint);
-        match result {
-            Ok(()) if checkpoint => self.unwritten = Unwritten::default(),
-            Ok(()) => self.unwritten.rows += u64::from(!changes.is_empty()),
-            Err(_) => self.close(),
+        // Durability::Immediate is redb's default: commit() returns after fsync.
+        let txn = self.db()?.begin_write().map_err(db_err)?;
+        write_entries(&txn, state, changes)?;
+        if let Some(position) = position {
+            write_position(&txn, position)?;
         }
-        result
+        txn.commit().map_err(db_err)
     }
 
     fn position(&self) -> Result<Option<Position>, StoreError> {
@@ -631,16 +466,32 @@ impl Store for RedbStore {
     }
 
     fn load_all(&self) -> Result<State, StoreError> {
-        self.read(true)
+        let mut state = self.load()?;
+        let txn = self.db()?.begin_read().map_err(db_err)?;
+        each(&txn, DEDUP, |k, v| {
+            state.dedup.insert(k.to_owned(), v);
+            Ok(())
+        })?;
+        each(&txn, ENDED_RUNS, |k, v| {
+            state.runs.insert(k, from_json("ended_runs", v)?);
+            Ok(())
+        })?;
+        Ok(state)
     }
 
     fn replace(&mut self, state: &State, position: &Position) -> Result<(), StoreError> {
-        let result = self.write_whole(state, position);
-        match result {
-            Ok(()) => self.unwritten = Unwritten::default(),
-            Err(_) => self.close(),
+        let txn = self.db()?.begin_write().map_err(db_err)?;
+        for table in [RUNS, ENDED_RUNS, LOAD_TESTS, OUTBOX, RECENT] {
+            empty(&txn, table)?;
         }
-        result
+        empty(&txn, DEDUP)?;
+        empty(&txn, HISTOGRAMS)?;
+        empty(&txn, COUNTERS)?;
+        empty(&txn, LAST_EVENT)?;
+        empty(&txn, FINISHES)?;
+        write_entries(&txn, state, &Changes::writing(state.keys()))?;
+        write_position(&txn, position)?;
+        txn.commit().map_err(db_err)
     }
 
     fn prune(&mut self, now: Millis, machine: &Machine) -> Result<(), StoreError> {
@@ -693,74 +544,6 @@ impl Store for RedbStore {
                 .filter(|_| seen == PRUNE_BATCH)
                 .and_then(|k| k.checked_add(1));
         }
-        // The journal is written out with it (at a low rate, once a tick and
-        // for no fsync of its own), less what no input can see any more.
-        let checkpoint = self.unwritten.rows > 0;
-        if checkpoint {
-            let unwritten = &mut self.unwritten.entries;
-            unwritten
-                .dedup
-                .retain(|_, seen| !machine.is_stale_id(*seen, now));
-            unwritten
-                .runs
-                .retain(|_, run| run.is_running() || !machine.is_forgotten(run, now));
-            self.checkpoint(&txn)?;
-        }
-        txn.commit().map_err(db_err)?;
-        if checkpoint {
-            self.unwritten = Unwritten::default();
-        }
-        Ok(())
-    }
-}
-
-impl RedbStore {
-    /// The transaction of one commit: its row in the journal or, on a
-    /// `checkpoint`, the whole journal written out (this commit's entries
-    /// included); the position with it.
-    fn write_commit(
-        &self,
-        state: &State,
-        changes: &Changes,
-        position: Option<&Position>,
-        checkpoint: bool,
-    ) -> Result<(), StoreError> {
-        // Durability::Immediate is redb's default: commit() returns after fsync.
-        let txn = self.db()?.begin_write().map_err(db_err)?;
-        if checkpoint {
-            self.checkpoint(&txn)?;
-        } else if !changes.is_empty() {
-            let mut entries = State::default();
-            entries.copy_entries(state, &changes.keys);
-            let row = to_json(&JournalRow {
-                keys: &changes.keys,
-                entries: &entries,
-            })?;
-            let mut journal = txn.open_table(JOURNAL).map_err(db_err)?;
-            journal
-                .insert(self.unwritten.rows, row.as_slice())
-                .map_err(db_err)?;
-        }
-        if let Some(position) = position {
-            write_position(&txn, position)?;
-        }
-        txn.commit().map_err(db_err)
-    }
-
-    /// The transaction of [`Store::replace`]: every table emptied, the
-    /// journal too, and `state` written in their place.
-    fn write_whole(&self, state: &State, position: &Position) -> Result<(), StoreError> {
-        let txn = self.db()?.begin_write().map_err(db_err)?;
-        for table in [RUNS, ENDED_RUNS, LOAD_TESTS, OUTBOX, RECENT, JOURNAL] {
-            empty(&txn, table)?;
-        }
-        empty(&txn, DEDUP)?;
-        empty(&txn, HISTOGRAMS)?;
-        empty(&txn, COUNTERS)?;
-        empty(&txn, LAST_EVENT)?;
-        empty(&txn, FINISHES)?;
-        write_entries(&txn, state, &state.keys())?;
-        write_position(&txn, position)?;
         txn.commit().map_err(db_err)
     }
 }
@@ -967,64 +750,6 @@ mod tests {
         // Opening it again finds the current layout and changes nothing.
         let store = RedbStore::open(dir.path()).expect("reopen");
         assert_eq!(store.load().expect("load").histograms.len(), 1);
-    }
-
-    /// Layout 3 had no journal: every entry in the tables. It opens as it
-    /// was, and the next commits go to the journal.
-    #[test]
-    fn a_layout_3_store_opens_with_its_entries() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let machine = Machine::default();
-        let (mut state, mut changes) = (State::default(), Changes::default());
-        for run in 1..=4 {
-            machine.apply(
-                &mut state,
-                run_event(RunEventKind::Started, run, 2),
-                &mut changes,
-            );
-        }
-        machine.apply(
-            &mut state,
-            run_event(RunEventKind::Finished, 1, 3),
-            &mut changes,
-        );
-        {
-            // Every commit written into the tables, as layout 3 did.
-            let mut store = RedbStore::open(dir.path())
-                .expect("open")
-                .with_checkpoint_rows(1);
-            store.commit(&state, &changes).expect("commit");
-            let db = store.db.take().expect("open");
-            let txn = db.begin_write().expect("write");
-            txn.delete_table(JOURNAL).expect("no journal");
-            txn.open_table(META)
-                .expect("meta")
-                .insert("schema_version", "3")
-                .expect("version");
-            txn.commit().expect("commit");
-        }
-        let mut store = RedbStore::open(dir.path()).expect("migrated");
-        check_contract(&store, &state);
-        let version = |store: &RedbStore| {
-            let txn = store.db().expect("open").begin_read().expect("read");
-            let meta = txn.open_table(META).expect("meta");
-            let version = meta
-                .get("schema_version")
-                .expect("get")
-                .map(|v| v.value().to_owned());
-            version
-        };
-        assert_eq!(version(&store).as_deref(), Some(SCHEMA_VERSION));
-        let mut changes = Changes::default();
-        machine.apply(
-            &mut state,
-            run_event(RunEventKind::Finished, 2, 6),
-            &mut changes,
-        );
-        store.commit(&state, &changes).expect("commit");
-        drop(store);
-        let store = RedbStore::open(dir.path()).expect("reopen");
-        check_contract(&store, &state);
     }
 
     #[test]

@@ -3,8 +3,7 @@
 //! The state machine says which entries changed ([`Changes`]); a store writes
 //! those entries, as they now stand in the state, in one durable transaction.
 //! [`RedbStore`] (in `embedded.rs`) keeps them in a redb database (one table per map of the
-//! state, values as JSON, each commit first a row of a journal that a later
-//! commit writes out) and commits with fsync before returning, so anything
+//! state, values as JSON) and commits with fsync before returning, so anything
 //! acknowledged survives `kill -9`. [`MemoryStore`] is the same contract in
 //! memory, for tests. A shared backend for several replicas would be a third
 //! implementation of the same trait.
