@@ -69,7 +69,8 @@ fn promtool_accepts_a_scrape_with_data_of_every_kind() {
         exporter.post_expect(&run.started(), "accepted");
         exporter.post_expect(&run.finished(77, Some(text)), "accepted");
     }
-    let mut awkward = Run::new(1, 2, 99, 200).started();
+    let awkward_run = Run::new(1, 2, 99, 200);
+    let mut awkward = awkward_run.started();
     awkward["name"] = json!(AWKWARD_NAME);
     exporter.post_expect(&awkward, "accepted");
     let late = Run::new(2, 2, 50, 300);
@@ -88,9 +89,18 @@ fn promtool_accepts_a_scrape_with_data_of_every_kind() {
         400
     );
 
-    wait_for("the first run to expire", Duration::from_secs(10), || {
-        (sample(&exporter.samples(), &doomed.expired_total()) == 1.0).then_some(())
-    });
+    // The awkward run never finishes either: both must have expired before
+    // the one run below is the only one running in its project.
+    wait_for(
+        "the unfinished runs to expire",
+        Duration::from_secs(10),
+        || {
+            let s = exporter.samples();
+            (sample(&s, &doomed.expired_total()) == 1.0
+                && sample(&s, &awkward_run.expired_total()) == 1.0)
+                .then_some(())
+        },
+    );
     let running = Run::new(1, 2, 3, 400);
     exporter.post_expect(&running.started(), "accepted");
 
