@@ -11,9 +11,12 @@
 #      the Pushgateway taking POSTs beside it (the reference peer);
 #   3. what bounds ingest: the same requests POSTed to a path answered 404
 #      at once (what the client and HTTP allow), CPU per request of the
-#      exporter and of wrk in each run, the store writer's CPU, time in
-#      commits and bytes written per commit; the same ingest with the store
-#      on tmpfs (what fsync costs); a profile (perf record, where perf works);
+#      exporter and of wrk in each run, the store writer's CPU, its wall
+#      time split into on a core, waiting for one, and blocked (schedstat),
+#      time in commits and bytes written per commit; fdatasync on the disk
+#      after one page and after 32 scattered or contiguous ones
+#      (bench/fsync.py); the same ingest with the store on tmpfs (what fsync
+#      costs); a profile (perf record, where perf works);
 #   4. latency at a steady ~1,000 deliveries/s;
 #   4b. the same ingest and steady latency with the Redis backend (a local
 #      redis-server with appendfsync always, two replicas following it,
@@ -26,7 +29,8 @@
 # Settings (environment): BENCH_DURATION (s per measured wrk run, default 10),
 # BENCH_DELIVERIES (memory phase, default 1000000), BENCH_TMPDIR (a real
 # disk, not tmpfs), BENCH_OUT (default bench/RESULTS.md), BENCH_KEEP=1 keeps
-# the work directory. Needs wrk, curl, jq, ss, prometheus-pushgateway (Debian);
+# the work directory. Needs wrk, curl, jq, ss, python3, prometheus-pushgateway,
+# redis-server (Debian);
 # perf (linux-perf) is optional. Every process it starts is stopped on exit.
 set -euo pipefail
 
@@ -41,8 +45,8 @@ PUSHGATEWAY=${BENCH_PUSHGATEWAY:-prometheus-pushgateway}
 die() { echo "run.sh: $*" >&2; exit 1; }
 log() { echo "== $*" >&2; }
 
-for tool in wrk curl jq awk ss "$PUSHGATEWAY" redis-server; do
-  command -v "$tool" >/dev/null || die "$tool not found (Debian: apt-get install wrk curl jq prometheus-pushgateway redis-server)"
+for tool in wrk curl jq awk ss python3 "$PUSHGATEWAY" redis-server; do
+  command -v "$tool" >/dev/null || die "$tool not found (Debian: apt-get install wrk curl jq python3 prometheus-pushgateway redis-server)"
 done
 ((DELIVERIES % 4 == 0)) || die "BENCH_DELIVERIES must be a multiple of 4 (two threads, a start and a finish per run)"
 
@@ -148,6 +152,11 @@ start_exporter() { # dir port [more flags...] -> pid (in $EXPORTER_PID)
 }
 # CPU seconds (user + system) a process, or one thread (pid/task/tid), has used.
 cpu_s() { awk -v hz="$(getconf CLK_TCK)" '{ sub(/^.*\) /, ""); printf "%.3f\n", ($12 + $13) / hz }' "/proc/$1/stat"; }
+# Nanoseconds a thread (pid/task/tid) has run, and waited runnable for a
+# core: /proc/.../schedstat's first two fields.
+sched_of() { cut -d' ' -f1,2 "/proc/$1/schedstat"; }
+# Seconds since the epoch, with nanoseconds.
+now_s() { date +%s.%N; }
 # The tid of the exporter $1's thread named $2.
 thread_of() { grep -lx "$2" /proc/"$1"/task/*/comm | head -1 | cut -d/ -f5; }
 # A field of /proc/<pid or pid/task/tid>/io (syscw, write_bytes, ...).
@@ -167,6 +176,9 @@ DIRTY=$(git -C "$ROOT" status --porcelain -- src Cargo.toml Cargo.lock bench ':!
 FSYNC_PROBE=$(dd if=/dev/zero of="$WORK/fsync-probe" bs=4k count=500 oflag=dsync 2>&1 \
   | awk '/copied/ {for (i = 1; i <= NF; i++) if ($i ~ /^s,?$/) t = $(i - 1); printf "%.3f ms", t * 1000 / 500}')
 rm -f "$WORK/fsync-probe"
+# fdatasync by what preceded it: "<pages> <layout> <mean ms> <median ms>" lines.
+FSYNC_PAGES=$(python3 "$ROOT/bench/fsync.py" "$WORK" 300) || die "bench/fsync.py failed"
+fsync_ms() { awk -v n="$1" -v l="$2" '$1 == n && $2 == l {print $4}' <<<"$FSYNC_PAGES"; }
 LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
 
 # ---- 1, 2: ceiling, ingest, Pushgateway ---------------------------------------
@@ -190,9 +202,15 @@ curl -fsS "http://127.0.0.1:$PORT/metrics" >"$D1/before.prom"
 WRITER=$(thread_of "$E1" store-writer)
 CPU0=$(cpu_s "$E1"); WCPU0=$(cpu_s "$E1/task/$WRITER")
 SYSCW0=$(io_of "$E1/task/$WRITER" syscw); WBYTES0=$(io_of "$E1/task/$WRITER" write_bytes)
+WSCHED0=$(sched_of "$E1/task/$WRITER"); T0=$(now_s)
 run_wrk "$D1/ingest.txt" "http://127.0.0.1:$PORT/webhook" 64 2 "$DURATION" bench/webhook.lua webhook 2
 CPU_INGEST=$(delta "$CPU0" "$(cpu_s "$E1")")
 WCPU_INGEST=$(delta "$WCPU0" "$(cpu_s "$E1/task/$WRITER")")
+# Where the writer's wall time went: on a core, runnable but waiting for
+# one (wrk and the HTTP workers share the 2 cores), or off both: blocked,
+# in the fsync while it commits, on an empty channel otherwise.
+read -r WON WWAIT < <(echo "$WSCHED0 $(sched_of "$E1/task/$WRITER") $T0 $(now_s)" \
+  | awk '{ wall = $6 - $5; printf "%.0f %.0f\n", 100 * ($3 - $1) / 1e9 / wall, 100 * ($4 - $2) / 1e9 / wall }')
 WRITES=$(($(io_of "$E1/task/$WRITER" syscw) - SYSCW0))
 WBYTES=$(($(io_of "$E1/task/$WRITER" write_bytes) - WBYTES0))
 sleep 1
@@ -202,6 +220,7 @@ COMMITS=$(($(msum "$D1/after.prom" loadimpact_exporter_store_commits_total) - $(
 COMMIT_S=$(delta "$(msum "$D1/before.prom" loadimpact_exporter_store_commit_duration_seconds_sum "" %.3f)" \
   "$(msum "$D1/after.prom" loadimpact_exporter_store_commit_duration_seconds_sum "" %.3f)")
 NON200=$(awk '/^Non-2xx/ {print $NF}' "$D1/ingest.txt"); NON200=${NON200:-0}
+IN_COMMITS=$(awk -v c="$COMMIT_S" -v d="$DURATION" 'BEGIN{printf "%.0f", 100 * c / d}')
 
 PROFILE=""
 if command -v perf >/dev/null && perf stat -e task-clock true >/dev/null 2>&1; then
@@ -357,6 +376,7 @@ REDIS_INGEST=$(wrk_rps "$DR/ingest.txt"); REDIS_STEADY=$(wrk_rps "$DR/steady.txt
   echo
   echo "- $(nproc) cores ($(awk -F': ' '/^model name/ {print $2; exit}' /proc/cpuinfo)), $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), kernel $(uname -r)"
   echo "- store on $FSTYPE ($(df "$WORK" | awk 'NR==2 {print $1}')); one synchronous 4 KiB write (dd oflag=dsync): $FSYNC_PROBE"
+  echo "- fdatasync (bench/fsync.py, median of 300) after one 4 KiB page: $(fsync_ms 1 contiguous) ms; after 32 pages at random places: $(fsync_ms 32 scattered) ms; after the same 32 pages in one contiguous write: $(fsync_ms 32 contiguous) ms"
   echo "- load average before the run: $LOAD_BEFORE (a shared machine; wrk runs on the same 2 cores)"
   echo "- the exporter runs with its default flags but \`--log.level=warn\`: at the default \`info\` it also logs one line per delivery"
   echo "- $(wrk -v 2>&1 | head -1 | cut -d' ' -f1-2); $("$PUSHGATEWAY" --version 2>&1 | head -1)"
@@ -396,7 +416,8 @@ REDIS_INGEST=$(wrk_rps "$DR/ingest.txt"); REDIS_STEADY=$(wrk_rps "$DR/steady.txt
   echo
   echo "- the client: wrk building each distinct delivery in Lua reaches $(ratio "$PROBE" "$CEIL") of the ceiling with the exporter doing no work for it."
   echo "- the budget: at the ceiling the exporter and wrk used $CORES_AT_CEIL of the 2 cores. Half the ceiling's rate in that CPU, less wrk's own $(us_per "$WRK_INGEST" "$N_INGEST") µs per ingest request, leaves the exporter $BUDGET µs per durable delivery, against $(us_per "$CPU_PROBE" "$N_PROBE") µs to answer the probe's 404 and $(us_per "$CPU_INGEST" "$N_INGEST") µs measured."
-  echo "- the store writer, one thread by design (one durable order): $(us_per "$WCPU_INGEST" "$ACCEPTED") µs of CPU per delivery, the exporter's other threads (the HTTP workers) $(us_per "$(delta "$WCPU_INGEST" "$CPU_INGEST")" "$ACCEPTED") µs; in commits $(awk -v c="$COMMIT_S" -v d="$DURATION" 'BEGIN{printf "%.0f", 100 * c / d}')% of the run's wall time; per commit $(ratio "$WRITES" "$COMMITS") write calls and $(awk -v b="$WBYTES" -v c="$COMMITS" 'BEGIN{ if (c > 0) printf "%.0f", b / c / 1024; else print "-" }') KiB written, then one fsync (redb writes every copy-on-write page of every table a group touches)."
+  echo "- the store writer, one thread by design (one durable order): $(us_per "$WCPU_INGEST" "$ACCEPTED") µs of CPU per delivery, the exporter's other threads (the HTTP workers) $(us_per "$(delta "$WCPU_INGEST" "$CPU_INGEST")" "$ACCEPTED") µs; in commits $IN_COMMITS% of the run's wall time; per commit $(ratio "$WRITES" "$COMMITS") write calls and $(awk -v b="$WBYTES" -v c="$COMMITS" 'BEGIN{ if (c > 0) printf "%.0f", b / c / 1024; else print "-" }') KiB written, then one fsync (redb writes every copy-on-write page of every table a group touches)."
+  echo "- the writer's wall time (from /proc schedstat): on a core $WON%, runnable and waiting for a core $WWAIT%, blocked $((100 - WON - WWAIT))%. It is in commits $IN_COMMITS% of the time, so about $((IN_COMMITS - WON - WWAIT < 0 ? 0 : IN_COMMITS - WON - WWAIT))% is spent blocked inside commits, waiting for the disk to finish the fsync; no other work of the writer overlaps that wait. That wait grows with the pages a commit writes where they fall (see the fdatasync line under Machine: 32 pages at random places against one page, or the same pages in one run)."
   echo
   echo "Steady rate (10 connections, 10 ms pause after each answer, 15 s):"
   echo
