@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The whole benchmark, in one run, written to bench/RESULTS.md:
 #
-#   bash bench/run.sh            # about 5 minutes on 2 cores, plus the release build
+#   bash bench/run.sh            # about 6.5 minutes on 2 cores, plus the release build
 #
 # Every figure is measured here, in this run, beside its target, and every
 # ratio compares two things measured in this same run on this machine:
