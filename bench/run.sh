@@ -138,15 +138,19 @@ run_wrk() {
   forget "$pid"
   ((rc == 0)) || { cat "$out" >&2; die "wrk failed with status $rc"; }
 }
-# Connections for a steady ~1,000 deliveries/s, from a probe's output:
+# The steady-rate run against url $2, its outputs in dir $1 (steady.txt):
 # bench/steady.lua is a closed loop (each connection waits 10 ms after every
-# answer), so c connections send about c * 1000 / (10 ms + latency) a second,
-# and a probe at 10 connections measures that on this machine, now. Aimed 10%
-# high, since latency grows a little with the connections. At least 10, at
-# most 64.
-steady_connections() {
-  awk -v r="$(wrk_rps "$1")" 'BEGIN { c = (r > 0) ? int(10 * 1100 / r + 0.999) : 64
-    print (c < 10) ? 10 : (c > 64) ? 64 : c }'
+# answer), so c connections send about c * 1000 / (10 ms + latency) a second.
+# A 3 s probe at 10 connections measures that on this machine, now; the 15 s
+# run then uses enough connections for ~1,000 deliveries/s, aimed 10% high
+# since latency grows a little with the connections (at least 10, at most
+# 64), and leaves their number in $STEADY_CONNECTIONS. Phases 5 and 4 of
+# webhook.lua: neither may have been used against that exporter before.
+run_steady() {
+  PAUSE_MS=10 run_wrk "$1/steady-probe.txt" "$2" 10 2 3 bench/steady.lua webhook 5
+  STEADY_CONNECTIONS=$(awk -v r="$(wrk_rps "$1/steady-probe.txt")" 'BEGIN {
+    c = (r > 0) ? int(10 * 1100 / r + 0.999) : 64; print (c < 10) ? 10 : (c > 64) ? 64 : c }')
+  PAUSE_MS=10 run_wrk "$1/steady.txt" "$2" "$STEADY_CONNECTIONS" 2 15 bench/steady.lua webhook 4
 }
 # Requests/s and latency percentiles (ms) from wrk's own output.
 wrk_rps() { awk '/^Requests\/sec:/ {print $2}' "$1"; }
@@ -219,8 +223,9 @@ WCPU_INGEST=$(delta "$WCPU0" "$(cpu_s "$E1/task/$WRITER")")
 # Where the writer's wall time went: on a core, runnable but waiting for
 # one (wrk and the HTTP workers share the 2 cores), or off both: blocked,
 # in the fsync while it commits, on an empty channel otherwise.
-read -r WON WWAIT < <(echo "$WSCHED0 $(sched_of "$E1/task/$WRITER") $T0 $(now_s)" \
-  | awk '{ wall = $6 - $5; printf "%.0f %.0f\n", 100 * ($3 - $1) / 1e9 / wall, 100 * ($4 - $2) / 1e9 / wall }')
+WALL_INGEST=$(delta "$T0" "$(now_s)")
+read -r WON WWAIT < <(echo "$WSCHED0 $(sched_of "$E1/task/$WRITER") $WALL_INGEST" \
+  | awk '{ printf "%.0f %.0f\n", 100 * ($3 - $1) / 1e9 / $5, 100 * ($4 - $2) / 1e9 / $5 }')
 WRITES=$(($(io_of "$E1/task/$WRITER" syscw) - SYSCW0))
 WBYTES=$(($(io_of "$E1/task/$WRITER" write_bytes) - WBYTES0))
 sleep 1
@@ -230,7 +235,8 @@ COMMITS=$(($(msum "$D1/after.prom" loadimpact_exporter_store_commits_total) - $(
 COMMIT_S=$(delta "$(msum "$D1/before.prom" loadimpact_exporter_store_commit_duration_seconds_sum "" %.3f)" \
   "$(msum "$D1/after.prom" loadimpact_exporter_store_commit_duration_seconds_sum "" %.3f)")
 NON200=$(awk '/^Non-2xx/ {print $NF}' "$D1/ingest.txt"); NON200=${NON200:-0}
-IN_COMMITS=$(awk -v c="$COMMIT_S" -v d="$DURATION" 'BEGIN{printf "%.0f", 100 * c / d}')
+# Over the same wall time as the split above, so the two can be subtracted.
+IN_COMMITS=$(awk -v c="$COMMIT_S" -v d="$WALL_INGEST" 'BEGIN{printf "%.0f", 100 * c / d}')
 
 PROFILE=""
 if command -v perf >/dev/null && perf stat -e task-clock true >/dev/null 2>&1; then
@@ -267,9 +273,7 @@ fi
 
 # ---- 4: steady rate ------------------------------------------------------------
 log "latency at a steady ~1,000 deliveries/s: a 3 s probe at 10 connections, then 15 s, 10 ms pause after each answer"
-PAUSE_MS=10 run_wrk "$D1/steady-probe.txt" "http://127.0.0.1:$PORT/webhook" 10 2 3 bench/steady.lua webhook 5
-STEADY_C=$(steady_connections "$D1/steady-probe.txt")
-PAUSE_MS=10 run_wrk "$D1/steady.txt" "http://127.0.0.1:$PORT/webhook" "$STEADY_C" 2 15 bench/steady.lua webhook 4
+run_steady "$D1" "http://127.0.0.1:$PORT/webhook"; STEADY_C=$STEADY_CONNECTIONS
 stop "$E1"
 
 # ---- 4b: the Redis backend ------------------------------------------------------
@@ -296,9 +300,7 @@ log "ingest with the Redis backend (two replicas): 3 s warm-up + ${DURATION}s"
 run_wrk "$DR/warmup.txt" "http://127.0.0.1:$PORT_A/webhook" 64 2 3 bench/webhook.lua webhook 1
 run_wrk "$DR/ingest.txt" "http://127.0.0.1:$PORT_A/webhook" 64 2 "$DURATION" bench/webhook.lua webhook 2
 log "latency at a steady ~1,000 deliveries/s with the Redis backend: a 3 s probe, then 15 s"
-PAUSE_MS=10 run_wrk "$DR/steady-probe.txt" "http://127.0.0.1:$PORT_A/webhook" 10 2 3 bench/steady.lua webhook 5
-REDIS_STEADY_C=$(steady_connections "$DR/steady-probe.txt")
-PAUSE_MS=10 run_wrk "$DR/steady.txt" "http://127.0.0.1:$PORT_A/webhook" "$REDIS_STEADY_C" 2 15 bench/steady.lua webhook 4
+run_steady "$DR" "http://127.0.0.1:$PORT_A/webhook"; REDIS_STEADY_C=$STEADY_CONNECTIONS
 # Both replicas caught up, then their state expositions compared.
 for ((i = 0; i < 600; i++)); do
   LAG_B=$(curl -fsS "http://127.0.0.1:$PORT_B/metrics" | awk '$1 == "loadimpact_exporter_log_lag_entries" {print $2}')
