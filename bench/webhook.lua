@@ -7,6 +7,12 @@
 --       "push":    POST a one-line metric to a Pushgateway's /metrics/job/bench
 --                  (the reference). Both modes build each request in request(),
 --                  so wrk spends the same Lua work per request on either side.
+--
+-- wrk runs on the same 2 cores as the server it measures, so every
+-- microsecond it spends building a request is one the server does not get.
+-- A request is therefore one concatenation of constant parts, made once in
+-- init(), with the few values that change; wrk.format (a table of headers,
+-- a string.format per header, table.concat) cost about twice as much.
 -- PHASE a small positive integer, different for every wrk invocation against
 --       the same exporter (warm-up vs. measured run), so run ids never repeat.
 -- LAG   how many steps a run's test.finished trails its test.started (default
@@ -48,6 +54,7 @@ end
 local mode, phase, lag, projects, load_tests, quota
 n = 0                -- steps taken by this thread (a global: done() reads it)
 local prefix         -- PHASE .. thread id, the high digits of the run id
+local head, id_header, healthy -- the constant parts of every request
 
 local status_text = {
   [3] = "Finished", [4] = "Timed out", [5] = "Aborting by user",
@@ -74,35 +81,44 @@ function init(args)
     error("PHASE must be an integer 1..999")
   end
   prefix = string.format("%d%02d", phase, tid)
+  local host = "\r\nHost: " .. wrk.headers["Host"] .. "\r\n"
+  if mode == "push" then
+    head = "POST " .. wrk.path .. " HTTP/1.1" .. host ..
+      "Content-Type: text/plain; version=0.0.4\r\nContent-Length: "
+  else
+    head = "POST " .. (path or wrk.path) .. " HTTP/1.1" .. host ..
+      "Content-Type: application/json\r\nUser-Agent: LoadImpactWebHook/bench\r\n" ..
+      "X-LoadImpact-Event: "
+  end
+  id_header = "\r\nX-LoadImpact-ID: bench-" .. prefix .. "-"
+  healthy = "GET /-/healthy HTTP/1.1" .. host .. "\r\n"
+end
+
+-- The run id's low ten digits, zero-padded (string.format's %010d, cheaper).
+local function digits10(run)
+  return string.sub(tostring(1e10 + run), 2)
 end
 
 local function webhook(event, run, status, text)
   local lt = 1 + run % load_tests
   local project = 1 + lt % projects
-  local run_id = prefix .. string.format("%010d", run)
-  local body = string.format(
-    '{"event":"%s","status":%d,"status_text":"%s","user_id":1,"name":"bench-%d",' ..
-    '"organization_id":1,"project_id":%d,"load_test_id":%d,"load_test_run_id":%s}',
-    event, status, text, lt, project, lt, run_id)
-  local headers = {
-    ["Content-Type"] = "application/json",
-    ["User-Agent"] = "LoadImpactWebHook/bench",
-    ["X-LoadImpact-Event"] = event,
-    ["X-LoadImpact-ID"] = string.format("bench-%s-%d", prefix, n),
-  }
-  return wrk.format("POST", path, headers, body)
+  local body = '{"event":"' .. event .. '","status":' .. status ..
+    ',"status_text":"' .. text .. '","user_id":1,"name":"bench-' .. lt ..
+    '","organization_id":1,"project_id":' .. project .. ',"load_test_id":' .. lt ..
+    ',"load_test_run_id":' .. prefix .. digits10(run) .. '}'
+  return head .. event .. id_header .. n .. "\r\nContent-Length: " .. #body ..
+    "\r\n\r\n" .. body
 end
 
 function request()
   local j = n
   n = n + 1
   if mode == "push" then
-    local body = string.format("bench_metric %d\n", j)
-    return wrk.format("POST", nil,
-      { ["Content-Type"] = "text/plain; version=0.0.4" }, body)
+    local body = "bench_metric " .. j .. "\n"
+    return head .. #body .. "\r\n\r\n" .. body
   end
   if quota > 0 and j >= quota then
-    return wrk.format("GET", "/-/healthy")
+    return healthy
   end
   if j < lag then
     return webhook("test.started", j, 2, "Running")
