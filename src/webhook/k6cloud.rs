@@ -10,8 +10,8 @@
 //! proxy stripped them, by its shape (see [`is_k6cloud`]).
 
 use super::{
-    header, is_web_link, Delivery, Event, Fields, Format, Headers, Kind, Project, RunError,
-    RunEvent, RunEventKind, Trigger, WebhookError, ID, INTEGER, LINK, STRING, TEXT,
+    converted, header, is_web_link, Delivery, Event, Fields, Format, Headers, Kind, Project,
+    RunError, RunEvent, RunEventKind, Trigger, WebhookError, ID, INTEGER, LINK, STRING, TEXT,
 };
 use crate::clock::Millis;
 use crate::outcome::Outcome;
@@ -29,7 +29,7 @@ const EXPECTED: &str = "test.started[.manual|.scheduled|.all] or \
 /// Load Impact's), else by its shape: an `event` object is k6 Cloud's (Load
 /// Impact's `event` is a string), and with no `event`, a `test` object is.
 /// A Load Impact body may carry any extra field, `test` too.
-pub(super) fn is_k6cloud(headers: &Headers<'_>, fields: &Fields) -> bool {
+pub(super) fn is_k6cloud(headers: &Headers<'_>, fields: &Fields<'_>) -> bool {
     if header(headers.k6_event).is_some()
         || header(headers.k6_id).is_some()
         || headers
@@ -55,9 +55,11 @@ pub(super) fn is_k6cloud(headers: &Headers<'_>, fields: &Fields) -> bool {
 /// `test.was_scheduled`: 1 or 0, or true or false, as templates render it.
 const SCHEDULED: Kind<bool> = Kind {
     expected: "1, 0, true or false",
-    convert: |v| {
-        v.as_bool()
-            .or_else(|| v.as_u64().filter(|n| *n <= 1).map(|n| n == 1))
+    read: |raw| {
+        converted(raw, |v| {
+            v.as_bool()
+                .or_else(|| v.as_u64().filter(|n| *n <= 1).map(|n| n == 1))
+        })
     },
 };
 
@@ -129,7 +131,7 @@ fn event_named(
 
 /// The `errors` list: objects with an integer `code` and, optionally, a
 /// `detail` and a `created` time; named `errors.code` and so on when wrong.
-fn errors(fields: &Fields) -> Result<Vec<RunError>, WebhookError> {
+fn errors(fields: &Fields<'_>) -> Result<Vec<RunError>, WebhookError> {
     let Some(raw) = fields.raw("errors").filter(|raw| raw.get() != "null") else {
         return Ok(Vec::new());
     };
@@ -137,18 +139,14 @@ fn errors(fields: &Fields) -> Result<Vec<RunError>, WebhookError> {
         field: "errors",
         expected: "a list of objects",
     };
-    let items: Vec<Box<serde_json::value::RawValue>> =
+    let items: Vec<&serde_json::value::RawValue> =
         serde_json::from_str(raw.get()).map_err(|_| wrong.clone())?;
     let mut out = Vec::with_capacity(items.len());
     for item in items {
         if !item.get().starts_with('{') {
             return Err(wrong);
         }
-        let map = serde_json::from_str(item.get()).map_err(|_| wrong.clone())?;
-        let error = Fields {
-            map,
-            prefix: "errors.",
-        };
+        let error = Fields::of(item, "errors.").map_err(|_| wrong.clone())?;
         out.push(RunError {
             code: error.required("errors.code", &INTEGER)?,
             detail: error.optional("errors.detail", &TEXT)?,
@@ -161,7 +159,7 @@ fn errors(fields: &Fields) -> Result<Vec<RunError>, WebhookError> {
 /// A time as k6 Cloud writes it (ISO 8601 in GMT, `T` or a space, optional
 /// fraction and `Z`), in milliseconds; `None` for anything else, so that an
 /// unreadable time falls back to the time of receipt.
-fn time(fields: &Fields, field: &'static str) -> Option<Millis> {
+fn time(fields: &Fields<'_>, field: &'static str) -> Option<Millis> {
     let text = fields.optional(field, &STRING).ok().flatten()?;
     let at = humantime::parse_rfc3339_weak(text.trim()).ok()?;
     let since = at.duration_since(std::time::UNIX_EPOCH).ok()?;
@@ -169,7 +167,7 @@ fn time(fields: &Fields, field: &'static str) -> Option<Millis> {
 }
 
 /// Parses a k6 Cloud notification.
-pub(super) fn parse(headers: &Headers<'_>, fields: &Fields) -> Result<Delivery, WebhookError> {
+pub(super) fn parse(headers: &Headers<'_>, fields: &Fields<'_>) -> Result<Delivery, WebhookError> {
     let event = fields.object("event", "event.")?;
     let body_event = match &event {
         Some(event) => event.optional("event.type", &STRING)?,

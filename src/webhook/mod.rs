@@ -12,9 +12,10 @@ mod k6cloud;
 
 use crate::clock::Millis;
 use crate::outcome::Outcome;
+use serde::de::{Deserialize, Deserializer, MapAccess, Visitor};
 use serde_json::value::RawValue;
 use serde_json::Value;
-use std::collections::HashMap;
+use std::borrow::Cow;
 
 /// The three event names Load Impact sends.
 pub const EVENT_STARTED: &str = "test.started";
@@ -293,40 +294,112 @@ fn is_json_content_type(content_type: &str) -> bool {
 /// A nested object (k6 Cloud's `test`, `event`, `user`) is read the same
 /// way, with its path as the prefix of the names its errors give
 /// (`test.project_id`).
-struct Fields {
-    map: HashMap<String, Box<RawValue>>,
+///
+/// Names and raw values borrow from the body: a delivery has about ten
+/// fields, so they are kept in order in a list, and a name given twice
+/// reads as its last value, as a map would keep it.
+struct Fields<'a> {
+    members: Vec<(Cow<'a, str>, &'a RawValue)>,
     /// `""` at the top level, else the object's path and a dot (`"test."`).
     prefix: &'static str,
+}
+
+/// A JSON string borrowed from the body where it has no escape, else
+/// unescaped into a copy of its own.
+struct Text<'a>(Cow<'a, str>);
+
+impl<'de> Deserialize<'de> for Text<'de> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct TextVisitor;
+        impl<'de> Visitor<'de> for TextVisitor {
+            type Value = Text<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_borrowed_str<E>(self, text: &'de str) -> Result<Text<'de>, E> {
+                Ok(Text(Cow::Borrowed(text)))
+            }
+            fn visit_str<E>(self, text: &str) -> Result<Text<'de>, E> {
+                Ok(Text(Cow::Owned(text.to_owned())))
+            }
+        }
+        deserializer.deserialize_str(TextVisitor)
+    }
+}
+
+/// The members of one JSON object, in order, as [`Fields`] keeps them.
+struct Members<'a>(Vec<(Cow<'a, str>, &'a RawValue)>);
+
+impl<'de> Deserialize<'de> for Members<'de> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct MembersVisitor;
+        impl<'de> Visitor<'de> for MembersVisitor {
+            type Value = Members<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Members<'de>, A::Error> {
+                let mut members = Vec::with_capacity(map.size_hint().unwrap_or(0).max(16));
+                while let Some((Text(name), raw)) = map.next_entry::<Text<'de>, &'de RawValue>()? {
+                    members.push((name, raw));
+                }
+                Ok(Members(members))
+            }
+        }
+        deserializer.deserialize_map(MembersVisitor)
+    }
 }
 
 /// What a field must hold, for reading it and for naming it in an error.
 struct Kind<T> {
     expected: &'static str,
-    convert: fn(&Value) -> Option<T>,
+    /// Reads a field's raw JSON: `Ok(None)` for `null`, `Err(())` for
+    /// anything that is not of this kind (a number out of its range too).
+    read: fn(&str) -> Result<Option<T>, ()>,
+}
+
+/// Reads raw JSON as `T` (or `null`), with serde's own checks of type and range.
+fn typed<T: serde::de::DeserializeOwned>(raw: &str) -> Result<Option<T>, ()> {
+    serde_json::from_str(raw).map_err(drop)
+}
+
+/// Reads raw JSON as a [`Value`] (or `null`), then `convert`s it.
+fn converted<T>(raw: &str, convert: fn(&Value) -> Option<T>) -> Result<Option<T>, ()> {
+    let value: Value = serde_json::from_str(raw).map_err(drop)?;
+    if value.is_null() {
+        return Ok(None);
+    }
+    convert(&value).map(Some).ok_or(())
+}
+
+/// Reads raw JSON as a string (or `null`) and cleans it for showing.
+fn cleaned(raw: &str, max_chars: usize) -> Result<Option<String>, ()> {
+    let text: Option<Text<'_>> = serde_json::from_str(raw).map_err(drop)?;
+    Ok(text.map(|Text(text)| clean_text(&text, max_chars)))
 }
 
 const ID: Kind<u64> = Kind {
     expected: "a non-negative integer",
-    convert: Value::as_u64,
+    read: typed::<u64>,
 };
 const INTEGER: Kind<i64> = Kind {
     expected: "an integer",
-    convert: Value::as_i64,
+    read: typed::<i64>,
 };
 const STRING: Kind<String> = Kind {
     expected: "a string",
-    convert: |v| v.as_str().map(str::to_owned),
+    read: typed::<String>,
 };
 /// A text that people read (a run's name, its status text, an error's
 /// detail), as [`clean_text`] leaves it.
 const TEXT: Kind<String> = Kind {
     expected: "a string",
-    convert: |v| v.as_str().map(|s| clean_text(s, MAX_TEXT_CHARS)),
+    read: |raw| cleaned(raw, MAX_TEXT_CHARS),
 };
 /// A link to a page of the service, as [`clean_text`] leaves it.
 const LINK: Kind<String> = Kind {
     expected: "a string",
-    convert: |v| v.as_str().map(|s| clean_text(s, MAX_LINK_CHARS)),
+    read: |raw| cleaned(raw, MAX_LINK_CHARS),
 };
 
 /// The most characters of a name, status text or error detail that are kept.
@@ -407,12 +480,12 @@ fn nesting_depth(json: &str) -> usize {
     deepest
 }
 
-impl Fields {
+impl<'a> Fields<'a> {
     /// Parses `body` as one JSON object.
-    fn parse(body: &[u8]) -> Result<Fields, WebhookError> {
+    fn parse(body: &'a [u8]) -> Result<Fields<'a>, WebhookError> {
         // First the syntax of the whole body (numbers are not evaluated
         // here), then its shape.
-        let raw: Box<RawValue> =
+        let raw: &RawValue =
             serde_json::from_slice(body).map_err(|e| WebhookError::InvalidJson(e.to_string()))?;
         if !raw.get().starts_with('{') {
             return Err(WebhookError::NotAnObject);
@@ -422,15 +495,24 @@ impl Fields {
                 "nested deeper than {MAX_DEPTH} levels"
             )));
         }
+        Fields::of(raw, "").map_err(WebhookError::InvalidJson)
+    }
+
+    /// The fields of `raw`, a JSON object, named with `prefix`.
+    fn of(raw: &'a RawValue, prefix: &'static str) -> Result<Fields<'a>, String> {
         serde_json::from_str(raw.get())
-            .map(|map| Fields { map, prefix: "" })
-            .map_err(|e| WebhookError::InvalidJson(e.to_string()))
+            .map(|Members(members)| Fields { members, prefix })
+            .map_err(|e| e.to_string())
     }
 
     /// The raw value of `field`, a name with this object's prefix.
-    fn raw(&self, field: &'static str) -> Option<&RawValue> {
+    fn raw(&self, field: &'static str) -> Option<&'a RawValue> {
         let key = field.strip_prefix(self.prefix).unwrap_or(field);
-        self.map.get(key).map(|raw| &**raw)
+        self.members
+            .iter()
+            .rev()
+            .find(|(name, _)| name == key)
+            .map(|(_, raw)| *raw)
     }
 
     /// The object under `field`, whose fields are named `prefix` + name
@@ -439,7 +521,7 @@ impl Fields {
         &self,
         field: &'static str,
         prefix: &'static str,
-    ) -> Result<Option<Fields>, WebhookError> {
+    ) -> Result<Option<Fields<'a>>, WebhookError> {
         let Some(raw) = self.raw(field).filter(|raw| raw.get() != "null") else {
             return Ok(None);
         };
@@ -450,27 +532,20 @@ impl Fields {
         if !raw.get().starts_with('{') {
             return Err(wrong);
         }
-        serde_json::from_str(raw.get())
-            .map(|map| Some(Fields { map, prefix }))
-            .map_err(|_| wrong)
+        Fields::of(raw, prefix).map(Some).map_err(|_| wrong)
     }
 
     /// Reads `field` as `kind`; absent or `null` is `None`.
     fn optional<T>(&self, field: &'static str, kind: &Kind<T>) -> Result<Option<T>, WebhookError> {
-        let wrong = || WebhookError::WrongType {
-            field,
-            expected: kind.expected,
-        };
         let Some(raw) = self.raw(field) else {
             return Ok(None);
         };
-        // Only a number out of every range fails to parse here: the syntax
-        // was checked with the whole body.
-        let value: Value = serde_json::from_str(raw.get()).map_err(|_| wrong())?;
-        if value.is_null() {
-            return Ok(None);
-        }
-        (kind.convert)(&value).map(Some).ok_or_else(wrong)
+        // Only a number out of every range, or a value of another type,
+        // fails here: the syntax was checked with the whole body.
+        (kind.read)(raw.get()).map_err(|()| WebhookError::WrongType {
+            field,
+            expected: kind.expected,
+        })
     }
 
     fn required<T>(&self, field: &'static str, kind: &Kind<T>) -> Result<T, WebhookError> {
@@ -513,7 +588,7 @@ pub fn parse(headers: Headers<'_>, body: &[u8]) -> Result<Delivery, WebhookError
     })
 }
 
-fn run_event(kind: RunEventKind, fields: &Fields) -> Result<RunEvent, WebhookError> {
+fn run_event(kind: RunEventKind, fields: &Fields<'_>) -> Result<RunEvent, WebhookError> {
     Ok(RunEvent {
         kind,
         load_test_run_id: fields.required("load_test_run_id", &ID)?,
@@ -575,6 +650,22 @@ mod tests {
         );
         assert_eq!(run.status, 3);
         assert_eq!(run.name.as_deref(), Some("checkout"));
+    }
+
+    #[test]
+    fn escaped_names_and_texts_read_as_written_and_a_repeated_name_reads_its_last_value() {
+        // `\u005f` is `_`; the second `project_id` wins, as a JSON map keeps it.
+        let body = br#"{"event":"test.finished","status":3,"organization_id":1,
+            "load\u005ftest_id":10,"load_test_run_id":100,"project_id":2,"project_id":5,
+            "name":"check\tout \"flow\" \u00e9","status_text":"Finished"}"#;
+        let delivery = parse(Headers::default(), body).expect("valid");
+        let Event::Run(run) = delivery.event else {
+            panic!("not a run event")
+        };
+        assert_eq!(run.load_test_id, 10);
+        assert_eq!(run.project.project_id, 5);
+        assert_eq!(run.name.as_deref(), Some("check out \"flow\" é"));
+        assert_eq!(run.status_text.as_deref(), Some("Finished"));
     }
 
     #[test]
