@@ -346,9 +346,13 @@ async fn webhook(
                     });
                     json_response(StatusCode::TOO_MANY_REQUESTS, body)
                 }
-                Ok(applied) => {
-                    json_response(StatusCode::OK, json!({ "result": applied.result.as_str() }))
-                }
+                // The answer to almost every delivery: written as text rather
+                // than built as a JSON value (the result is a plain word).
+                Ok(applied) => respond(
+                    StatusCode::OK,
+                    "application/json",
+                    format!(r#"{{"result":"{}"}}"#, applied.result.as_str()),
+                ),
                 Err(e) => error_response(
                     StatusCode::SERVICE_UNAVAILABLE,
                     &format!("{e}; retry later"),
