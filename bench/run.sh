@@ -17,7 +17,7 @@
 #      after one page and after 32 scattered or contiguous ones
 #      (bench/fsync.py); the same ingest with the store on tmpfs (what fsync
 #      costs); a profile (perf record, where perf works);
-#   4. latency at a steady ~1,000 deliveries/s;
+#   4. latency at a steady 1,000 deliveries/s (an open loop: a fixed schedule);
 #   4b. the same ingest and steady latency with the Redis backend (a local
 #      redis-server with appendfsync always, two replicas following it,
 #      wrk posting to one), beside the embedded store's;
@@ -139,18 +139,13 @@ run_wrk() {
   ((rc == 0)) || { cat "$out" >&2; die "wrk failed with status $rc"; }
 }
 # The steady-rate run against url $2, its outputs in dir $1 (steady.txt):
-# bench/steady.lua is a closed loop (each connection waits 10 ms after every
-# answer), so c connections send about c * 1000 / (10 ms + latency) a second.
-# A 3 s probe at 10 connections measures that on this machine, now; the 15 s
-# run then uses enough connections for ~1,000 deliveries/s, aimed 10% high
-# since latency grows a little with the connections (at least 10, at most
-# 64), and leaves their number in $STEADY_CONNECTIONS. Phases 5 and 4 of
-# webhook.lua: neither may have been used against that exporter before.
+# bench/steady.lua sends 1,000 deliveries a second on a fixed schedule (an
+# open loop: the rate does not fall when latency rises), over 32
+# connections, so that one is free whenever a delivery is due. Phase 4 of
+# webhook.lua: it may not have been used against that exporter before.
+STEADY_CONNECTIONS=32
 run_steady() {
-  PAUSE_MS=10 run_wrk "$1/steady-probe.txt" "$2" 10 2 3 bench/steady.lua webhook 5
-  STEADY_CONNECTIONS=$(awk -v r="$(wrk_rps "$1/steady-probe.txt")" 'BEGIN {
-    c = (r > 0) ? int(10 * 1100 / r + 0.999) : 64; print (c < 10) ? 10 : (c > 64) ? 64 : c }')
-  PAUSE_MS=10 run_wrk "$1/steady.txt" "$2" "$STEADY_CONNECTIONS" 2 15 bench/steady.lua webhook 4
+  RATE=1000 THREADS=2 run_wrk "$1/steady.txt" "$2" "$STEADY_CONNECTIONS" 2 15 bench/steady.lua webhook 4
 }
 # Requests/s and latency percentiles (ms) from wrk's own output.
 wrk_rps() { awk '/^Requests\/sec:/ {print $2}' "$1"; }
@@ -272,8 +267,8 @@ if [[ -d /dev/shm && $(df -T /dev/shm | awk 'NR==2 {print $2}') == tmpfs ]]; the
 fi
 
 # ---- 4: steady rate ------------------------------------------------------------
-log "latency at a steady ~1,000 deliveries/s: a 3 s probe at 10 connections, then 15 s, 10 ms pause after each answer"
-run_steady "$D1" "http://127.0.0.1:$PORT/webhook"; STEADY_C=$STEADY_CONNECTIONS
+log "latency at a steady 1,000 deliveries/s: 15 s on a fixed schedule, 32 connections"
+run_steady "$D1" "http://127.0.0.1:$PORT/webhook"
 stop "$E1"
 
 # ---- 4b: the Redis backend ------------------------------------------------------
@@ -299,8 +294,8 @@ wait_ready "http://127.0.0.1:$PORT_B/-/ready" "$RB" >/dev/null
 log "ingest with the Redis backend (two replicas): 3 s warm-up + ${DURATION}s"
 run_wrk "$DR/warmup.txt" "http://127.0.0.1:$PORT_A/webhook" 64 2 3 bench/webhook.lua webhook 1
 run_wrk "$DR/ingest.txt" "http://127.0.0.1:$PORT_A/webhook" 64 2 "$DURATION" bench/webhook.lua webhook 2
-log "latency at a steady ~1,000 deliveries/s with the Redis backend: a 3 s probe, then 15 s"
-run_steady "$DR" "http://127.0.0.1:$PORT_A/webhook"; REDIS_STEADY_C=$STEADY_CONNECTIONS
+log "latency at a steady 1,000 deliveries/s with the Redis backend: 15 s"
+run_steady "$DR" "http://127.0.0.1:$PORT_A/webhook"
 # Both replicas caught up, then their state expositions compared.
 for ((i = 0; i < 600; i++)); do
   LAG_B=$(curl -fsS "http://127.0.0.1:$PORT_B/metrics" | awk '$1 == "loadimpact_exporter_log_lag_entries" {print $2}')
@@ -441,12 +436,12 @@ REDIS_INGEST=$(wrk_rps "$DR/ingest.txt"); REDIS_STEADY=$(wrk_rps "$DR/steady.txt
   echo "- the store writer, one thread by design (one durable order): $(us_per "$WCPU_INGEST" "$ACCEPTED") µs of CPU per delivery, the exporter's other threads (the HTTP workers) $HTTP_US µs; in commits $IN_COMMITS% of the run's wall time; per commit $(ratio "$WRITES" "$COMMITS") write calls and $(awk -v b="$WBYTES" -v c="$COMMITS" 'BEGIN{ if (c > 0) printf "%.0f", b / c / 1024; else print "-" }') KiB written, then one fsync (redb writes every copy-on-write page of every table a group touches)."
   echo "- the writer's wall time (from /proc schedstat): on a core $WON%, runnable and waiting for a core $WWAIT%, blocked $((100 - WON - WWAIT))%. It is in commits $IN_COMMITS% of the time, so about $((IN_COMMITS - WON - WWAIT < 0 ? 0 : IN_COMMITS - WON - WWAIT))% is spent blocked inside commits, waiting for the disk to finish the fsync; no other work of the writer overlaps that wait. That wait grows with the pages a commit writes where they fall (see the fdatasync line under Machine: 32 pages at random places against one page, or the same pages in one run)."
   echo
-  echo "Steady rate (10 ms pause after each answer, 15 s; the connections for about 1,000 deliveries/s, from a 3 s probe at 10 connections that measured the rate per connection here):"
+  echo "Steady rate (bench/steady.lua: 1,000 deliveries/s on a fixed schedule, whatever the latency, 15 s; each connection waits for its answer before it takes the next due delivery):"
   echo
   echo "| backend | connections | deliveries/s | p50 ms | p99 ms |"
   echo "|---|---|---|---|---|"
-  echo "| embedded | $STEADY_C | $(printf '%.0f' "$STEADY") | $(wrk_pct "$D1/steady.txt" 50) | $(wrk_pct "$D1/steady.txt" 99) |"
-  echo "| Redis, two replicas | $REDIS_STEADY_C | $(printf '%.0f' "$REDIS_STEADY") | $(wrk_pct "$DR/steady.txt" 50) | $(wrk_pct "$DR/steady.txt" 99) |"
+  echo "| embedded | $STEADY_CONNECTIONS | $(printf '%.0f' "$STEADY") | $(wrk_pct "$D1/steady.txt" 50) | $(wrk_pct "$D1/steady.txt" 99) |"
+  echo "| Redis, two replicas | $STEADY_CONNECTIONS | $(printf '%.0f' "$REDIS_STEADY") | $(wrk_pct "$DR/steady.txt" 50) | $(wrk_pct "$DR/steady.txt" 99) |"
   echo
   echo "- ingest ÷ ceiling: $(ratio "$INGEST" "$CEIL"); ingest ÷ the 404 probe (the same requests, no work done): $(ratio "$INGEST" "$PROBE"); ingest ÷ Pushgateway: $(ratio "$INGEST" "$PGW")${SHM_INGEST:+; ingest on disk ÷ on tmpfs: $(ratio "$INGEST" "$SHM_INGEST")}."
   echo "- Redis backend ÷ embedded, ingest: $(ratio "$REDIS_INGEST" "$INGEST"); p99 at the steady rate: $(ratio "$(wrk_pct "$DR/steady.txt" 99)" "$(wrk_pct "$D1/steady.txt" 99)")×. wrk saw $REDIS_NON200 non-2xx answers from the Redis replica; afterwards the two replicas' expositions (less their own telemetry) were $REPLICAS_SAME."
