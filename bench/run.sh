@@ -143,9 +143,9 @@ run_wrk() {
 # open loop: the rate does not fall when latency rises), over 32
 # connections, so that one is free whenever a delivery is due. Phase 4 of
 # webhook.lua: it may not have been used against that exporter before.
-STEADY_CONNECTIONS=32
+STEADY_CONNECTIONS=32 STEADY_THREADS=2
 run_steady() {
-  RATE=1000 THREADS=2 run_wrk "$1/steady.txt" "$2" "$STEADY_CONNECTIONS" 2 15 bench/steady.lua webhook 4
+  RATE=1000 THREADS=$STEADY_THREADS run_wrk "$1/steady.txt" "$2" "$STEADY_CONNECTIONS" "$STEADY_THREADS" 15 bench/steady.lua webhook 4
 }
 # Requests/s and latency percentiles (ms) from wrk's own output.
 wrk_rps() { awk '/^Requests\/sec:/ {print $2}' "$1"; }

@@ -7,12 +7,6 @@
 --       "push":    POST a one-line metric to a Pushgateway's /metrics/job/bench
 --                  (the reference). Both modes build each request in request(),
 --                  so wrk spends the same Lua work per request on either side.
---
--- wrk runs on the same 2 cores as the server it measures, so every
--- microsecond it spends building a request is one the server does not get.
--- A request is therefore one concatenation of constant parts, made once in
--- init(), with the few values that change; wrk.format (a table of headers,
--- a string.format per header, table.concat) cost about twice as much.
 -- PHASE a small positive integer, different for every wrk invocation against
 --       the same exporter (warm-up vs. measured run), so run ids never repeat.
 -- LAG   how many steps a run's test.finished trails its test.started (default
@@ -37,6 +31,13 @@
 --
 -- wrk builds the first thread's first request once to check the script and
 -- never sends it, so that run's finish arrives with no start (still accepted).
+--
+-- wrk runs on the same 2 cores as the server it measures, so every
+-- microsecond it spends building a request is one the server does not get.
+-- A request is therefore one concatenation of constant parts, made once in
+-- init(), with the few values that change: wrk.format (a table of headers,
+-- a string.format per header, table.concat) cost wrk about 4 µs more of CPU
+-- per ingest request (23.4 -> 19.3 and 21.9 -> 17.4 µs in two alternate runs).
 --
 -- done() prints one line "BENCH_RESULT {json}" for run.sh to parse:
 -- requests = responses wrk read; generated = requests built for sending (the
