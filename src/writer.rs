@@ -535,9 +535,10 @@ impl Writer {
         }
         if changes.is_empty() && position.is_none() {
             // Nothing to store (and no position to move).
-            self.settle(&mut state, &wanted, &changes, tick);
+            state.evict_cold(wanted.runs_in(&changes));
             drop(state);
             answer(replies, Ok(()));
+            self.prune(tick);
             return;
         }
         if let Err(e) = self.store.commit_at(&state, &changes, position.as_ref()) {
@@ -550,7 +551,7 @@ impl Writer {
         if position.is_some() {
             self.applied = position;
         }
-        self.settle(&mut state, &wanted, &changes, tick);
+        state.evict_cold(wanted.runs_in(&changes));
         let dropped = state
             .counter(&CounterKey::SpansDropped)
             .saturating_sub(dropped_before);
@@ -577,22 +578,19 @@ impl Writer {
         let applied = applied_of(&replies);
         answer(replies, Ok(()));
         log_applied(&applied);
+        self.prune(tick);
     }
 
-    /// After a group is stored (or had nothing to store): drops the cold
-    /// entries it brought into memory and, on a tick, prunes the store.
-    fn settle(
-        &mut self,
-        state: &mut State,
-        wanted: &Wanted,
-        changes: &Changes,
-        tick: Option<Millis>,
-    ) {
-        state.evict_cold(wanted.runs_in(changes));
-        if let Some(now) = tick {
-            if let Err(e) = self.store.prune(now, &self.shared.machine) {
-                tracing::warn!(error = %e, "pruning old request ids and runs failed; retried next tick");
-            }
+    /// On a tick, after the group is answered and the state's lock given
+    /// back: removes stale cold entries from the store. It decides nothing
+    /// (an entry past its retention reads as absent already), so neither the
+    /// group's senders nor the scrapes wait for it.
+    fn prune(&mut self, tick: Option<Millis>) {
+        let Some(now) = tick else {
+            return;
+        };
+        if let Err(e) = self.store.prune(now, &self.shared.machine) {
+            tracing::warn!(error = %e, "pruning old request ids and runs failed; retried next tick");
         }
     }
 

@@ -134,7 +134,13 @@ impl Machine {
     /// good as absent, whether or not a tick has removed it yet.
     pub fn is_forgotten(&self, run: &Run, now: Millis) -> bool {
         let ended = run.finished_at.is_some() || run.expired_at.is_some();
-        ended && run.last_event_at.saturating_add(self.run_retention()) <= now
+        self.is_past_retention(ended, run.last_event_at, now)
+    }
+
+    /// [`Machine::is_forgotten`] from the two things it depends on: whether
+    /// the run ended, and its last event.
+    pub fn is_past_retention(&self, ended: bool, last_event_at: Millis, now: Millis) -> bool {
+        ended && last_event_at.saturating_add(self.run_retention()) <= now
     }
 
     /// True for a request id first seen at `seen` that no longer makes a
