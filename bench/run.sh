@@ -17,7 +17,9 @@
 #      after one page and after 32 scattered or contiguous ones
 #      (bench/fsync.py); the same ingest with the store on tmpfs (what fsync
 #      costs); a profile (perf record, where perf works);
-#   4. latency at a steady 1,000 deliveries/s (an open loop: a fixed schedule);
+#   4. latency at a steady 1,000 deliveries/s (an open loop: a fixed
+#      schedule), on the disk and with the store on tmpfs, beside the disk's
+#      own fdatasync tail at that rate (bench/fsync.py);
 #   4b. the same ingest and steady latency with the Redis backend (a local
 #      redis-server with appendfsync always, two replicas following it,
 #      wrk posting to one), beside the embedded store's;
@@ -188,6 +190,8 @@ rm -f "$WORK/fsync-probe"
 # fdatasync by what preceded it: "<pages> <layout> <mean ms> <median ms>" lines.
 FSYNC_PAGES=$(python3 "$ROOT/bench/fsync.py" "$WORK" 300) || die "bench/fsync.py failed"
 fsync_ms() { awk -v n="$1" -v l="$2" '$1 == n && $2 == l {print $4}' <<<"$FSYNC_PAGES"; }
+# The paced case's tail: fsync_p 99 or fsync_p 99.9 (ms).
+fsync_p() { awk -v f="$([[ $1 == 99 ]] && echo 5 || echo 6)" '$2 == "paced" {print $f}' <<<"$FSYNC_PAGES"; }
 LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
 
 # ---- 1, 2: ceiling, ingest, Pushgateway ---------------------------------------
@@ -262,6 +266,9 @@ if [[ -d /dev/shm && $(df -T /dev/shm | awk 'NR==2 {print $2}') == tmpfs ]]; the
   run_wrk "$D1/shm-warmup.txt" "http://127.0.0.1:$PORT_S/webhook" 64 2 3 bench/webhook.lua webhook 1
   run_wrk "$D1/shm.txt" "http://127.0.0.1:$PORT_S/webhook" 64 2 "$DURATION" bench/webhook.lua webhook 2
   SHM_INGEST=$(wrk_rps "$D1/shm.txt")
+  log "latency at a steady 1,000 deliveries/s with the store on tmpfs: 15 s"
+  mkdir -p "$D1/shm-steady"
+  run_steady "$D1/shm-steady" "http://127.0.0.1:$PORT_S/webhook"
   stop "$ES"
   rm -rf "$DS"
 fi
@@ -393,6 +400,7 @@ REDIS_INGEST=$(wrk_rps "$DR/ingest.txt"); REDIS_STEADY=$(wrk_rps "$DR/steady.txt
   echo "- $(nproc) cores ($(awk -F': ' '/^model name/ {print $2; exit}' /proc/cpuinfo)), $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), kernel $(uname -r)"
   echo "- store on $FSTYPE ($(df "$WORK" | awk 'NR==2 {print $1}')); one synchronous 4 KiB write (dd oflag=dsync): $FSYNC_PROBE"
   echo "- fdatasync (bench/fsync.py, median of 300) after one 4 KiB page: $(fsync_ms 1 contiguous) ms; after 32 pages at random places: $(fsync_ms 32 scattered) ms; after the same 32 pages in one contiguous write: $(fsync_ms 32 contiguous) ms"
+  echo "- fdatasync after 12 pages at random places (about one delivery's commit), one a millisecond for 3 s: median $(fsync_ms 12 paced) ms, p99 $(fsync_p 99) ms, p99.9 $(fsync_p 99.9) ms"
   echo "- load average before the run: $LOAD_BEFORE (a shared machine; wrk runs on the same 2 cores)"
   echo "- the exporter runs with its default flags but \`--log.level=warn\`: at the default \`info\` it also logs one line per delivery"
   echo "- $(wrk -v 2>&1 | head -1 | cut -d' ' -f1-2); $("$PUSHGATEWAY" --version 2>&1 | head -1)"
@@ -441,9 +449,13 @@ REDIS_INGEST=$(wrk_rps "$DR/ingest.txt"); REDIS_STEADY=$(wrk_rps "$DR/steady.txt
   echo "| backend | connections | deliveries/s | p50 ms | p99 ms |"
   echo "|---|---|---|---|---|"
   echo "| embedded | $STEADY_CONNECTIONS | $(printf '%.0f' "$STEADY") | $(wrk_pct "$D1/steady.txt" 50) | $(wrk_pct "$D1/steady.txt" 99) |"
+  if [[ -n $SHM_INGEST ]]; then
+    echo "| embedded, store on tmpfs (fsync free; diagnostic only) | $STEADY_CONNECTIONS | $(printf '%.0f' "$(wrk_rps "$D1/shm-steady/steady.txt")") | $(wrk_pct "$D1/shm-steady/steady.txt" 50) | $(wrk_pct "$D1/shm-steady/steady.txt" 99) |"
+  fi
   echo "| Redis, two replicas | $STEADY_CONNECTIONS | $(printf '%.0f' "$REDIS_STEADY") | $(wrk_pct "$DR/steady.txt" 50) | $(wrk_pct "$DR/steady.txt" 99) |"
   echo
   echo "- ingest ÷ ceiling: $(ratio "$INGEST" "$CEIL"); ingest ÷ the 404 probe (the same requests, no work done): $(ratio "$INGEST" "$PROBE"); ingest ÷ Pushgateway: $(ratio "$INGEST" "$PGW")${SHM_INGEST:+; ingest on disk ÷ on tmpfs: $(ratio "$INGEST" "$SHM_INGEST")}."
+  echo "- the disk alone at the steady rate (bench/fsync.py, under Machine): 12 pages at random places and an fdatasync every millisecond wait $(fsync_ms 12 paced) ms at the median and $(fsync_p 99) ms at p99. A delivery waits for the commit in flight, then for its own, so its p99 at the steady rate is bound to sit above that disk's p99${SHM_INGEST:+; with the store on tmpfs, where fdatasync costs nothing, this run gave a p99 of $(wrk_pct "$D1/shm-steady/steady.txt" 99) ms}."
   echo "- Redis backend ÷ embedded, ingest: $(ratio "$REDIS_INGEST" "$INGEST"); p99 at the steady rate: $(ratio "$(wrk_pct "$DR/steady.txt" 99)" "$(wrk_pct "$D1/steady.txt" 99)")×. wrk saw $REDIS_NON200 non-2xx answers from the Redis replica; afterwards the two replicas' expositions (less their own telemetry) were $REPLICAS_SAME."
   echo "- durability: $ACCEPTED deliveries accepted in $COMMITS fsync'd commits ($(ratio "$ACCEPTED" "$COMMITS") per commit); wrk saw $NON200 non-2xx answers."
   echo "- plain scrape of the same state: $SCRAPE_MS ms, $((SCRAPE_BYTES / 1024)) KiB; gzip is $(ratio "$SCRAPE_BYTES" "$SCRAPE_GZ_BYTES")× smaller."
