@@ -188,6 +188,7 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
             trusted_proxies: args.trusted_proxies.clone(),
         },
         throttle: Throttles::default(),
+        exposition_len: Default::default(),
     });
     let graceful = GracefulShutdown::new();
     let mut signal = std::pin::pin!(shutdown_signal());

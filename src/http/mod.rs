@@ -39,6 +39,9 @@ pub struct App {
     pub tokens: Arc<Tokens>,
     pub allowlist: Allowlist,
     pub throttle: Throttles,
+    /// The length of the last exposition, so that the next is written into
+    /// a buffer of about its size at once.
+    pub exposition_len: std::sync::atomic::AtomicUsize,
 }
 
 /// Log lines about refused requests, at most one a minute of each kind.
@@ -195,11 +198,15 @@ pub async fn handle(
 /// lock, then compressed outside it when the scraper accepts gzip (as
 /// Prometheus does: a large scrape shrinks about tenfold).
 fn metrics_page(app: &App, gzip: bool) -> Response<Body> {
+    use std::sync::atomic::Ordering;
+    // A little more than last time: the state may have grown since.
+    let capacity = app.exposition_len.load(Ordering::Relaxed) / 16 * 17;
     let mut text = {
         let state = app.shared.read();
-        crate::metrics::render_state(&state, &app.shared.machine, now_millis())
+        crate::metrics::render_state(&state, &app.shared.machine, now_millis(), capacity)
     };
     crate::metrics::append_registry(&mut text, &app.registry);
+    app.exposition_len.store(text.len(), Ordering::Relaxed);
     let mut response = if gzip {
         let mut encoder = GzEncoder::new(
             Vec::with_capacity(text.len() / 8),
