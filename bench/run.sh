@@ -20,7 +20,7 @@
 #   4. latency at a steady 1,000 deliveries/s (an open loop: a fixed
 #      schedule; the median p99 of three 15 s runs), on the disk and with the
 #      store on tmpfs, beside the disk's own fdatasync tail at that rate
-#      (bench/fsync.py);
+#      (bench/fsync.py) and the CPU's own steadiness (bench/cpu.py);
 #   4b. the same ingest and steady latency with the Redis backend (a local
 #      redis-server with appendfsync always, two replicas following it,
 #      wrk posting to one), beside the embedded store's;
@@ -208,6 +208,10 @@ FSYNC_PAGES=$(python3 "$ROOT/bench/fsync.py" "$WORK" 300) || die "bench/fsync.py
 fsync_ms() { awk -v n="$1" -v l="$2" '$1 == n && $2 == l {print $4}' <<<"$FSYNC_PAGES"; }
 # The paced case's tail: fsync_p 99 or fsync_p 99.9 (ms).
 fsync_p() { awk -v f="$([[ $1 == 99 ]] && echo 5 || echo 6)" '$2 == "paced" {print $f}' <<<"$FSYNC_PAGES"; }
+# The same unit of CPU work, once a millisecond for 5 s:
+# "<units> <median> <p99> <p99.9> <max> <units over 5x the median>" (ms).
+CPU_STEADY=$(python3 "$ROOT/bench/cpu.py" 5) || die "bench/cpu.py failed"
+cpu_f() { awk -v f="$1" '{print $f}' <<<"$CPU_STEADY"; }
 LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
 
 # ---- 1, 2: ceiling, ingest, Pushgateway ---------------------------------------
@@ -417,6 +421,7 @@ REDIS_INGEST=$(wrk_rps "$DR/ingest.txt"); REDIS_STEADY=$(wrk_rps "$DR/steady.txt
   echo "- store on $FSTYPE ($(df "$WORK" | awk 'NR==2 {print $1}')); one synchronous 4 KiB write (dd oflag=dsync): $FSYNC_PROBE"
   echo "- fdatasync (bench/fsync.py, median of 300) after one 4 KiB page: $(fsync_ms 1 contiguous) ms; after 32 pages at random places: $(fsync_ms 32 scattered) ms; after the same 32 pages in one contiguous write: $(fsync_ms 32 contiguous) ms"
   echo "- fdatasync after 12 pages at random places (about one delivery's commit), one a millisecond for 3 s: median $(fsync_ms 12 paced) ms, p99 $(fsync_p 99) ms, p99.9 $(fsync_p 99.9) ms"
+  echo "- the CPU's steadiness (bench/cpu.py, before any load): the same unit of work, one a millisecond for 5 s, by the thread's own CPU clock: median $(cpu_f 2) ms, p99 $(cpu_f 3) ms, p99.9 $(cpu_f 4) ms, max $(cpu_f 5) ms; $(cpu_f 6) of $(cpu_f 1) units took over 5× the median"
   echo "- load average before the run: $LOAD_BEFORE (a shared machine; wrk runs on the same 2 cores)"
   echo "- the exporter runs with its default flags but \`--log.level=warn\`: at the default \`info\` it also logs one line per delivery"
   echo "- $(wrk -v 2>&1 | head -1 | cut -d' ' -f1-2); $("$PUSHGATEWAY" --version 2>&1 | head -1)"
@@ -471,7 +476,7 @@ REDIS_INGEST=$(wrk_rps "$DR/ingest.txt"); REDIS_STEADY=$(wrk_rps "$DR/steady.txt
   echo "| Redis, two replicas | $STEADY_CONNECTIONS | $(printf '%.0f' "$REDIS_STEADY") | $(wrk_pct "$DR/steady.txt" 50) | $(wrk_pct "$DR/steady.txt" 99) |"
   echo
   echo "- ingest ÷ ceiling: $(ratio "$INGEST" "$CEIL"); ingest ÷ the 404 probe (the same requests, no work done): $(ratio "$INGEST" "$PROBE"); ingest ÷ Pushgateway: $(ratio "$INGEST" "$PGW")${SHM_INGEST:+; ingest on disk ÷ on tmpfs: $(ratio "$INGEST" "$SHM_INGEST")}."
-  echo "- the disk alone at the steady rate (bench/fsync.py, under Machine): 12 pages at random places and an fdatasync every millisecond wait $(fsync_ms 12 paced) ms at the median and $(fsync_p 99) ms at p99. A delivery waits for the commit in flight, then for its own, so its p99 at the steady rate is bound to sit above that disk's p99${SHM_INGEST:+; with the store on tmpfs, where fdatasync costs nothing, the median of three runs gave a p99 of $(wrk_pct "$D1/shm-steady/steady.txt" 99) ms}."
+  echo "- the disk alone at the steady rate (bench/fsync.py, under Machine): 12 pages at random places and an fdatasync every millisecond wait $(fsync_ms 12 paced) ms at the median and $(fsync_p 99) ms at p99. A delivery waits for the commit in flight, then for its own, so its p99 at the steady rate is bound to sit above that disk's p99${SHM_INGEST:+; with the store on tmpfs, where fdatasync costs nothing, the median of three runs gave a p99 of $(wrk_pct "$D1/shm-steady/steady.txt" 99) ms}. Without the disk the CPU keeps a tail of its own here: the same work sometimes takes several times its usual CPU time (bench/cpu.py, under Machine: p99.9 $(cpu_f 4) ms for a $(cpu_f 2) ms unit), and deliveries that arrive while the writer's work is slowed so queue behind it."
   echo "- Redis backend ÷ embedded, ingest: $(ratio "$REDIS_INGEST" "$INGEST"); p99 at the steady rate: $(ratio "$(wrk_pct "$DR/steady.txt" 99)" "$(wrk_pct "$D1/steady.txt" 99)")×. wrk saw $REDIS_NON200 non-2xx answers from the Redis replica; afterwards the two replicas' expositions (less their own telemetry) were $REPLICAS_SAME."
   echo "- durability: $ACCEPTED deliveries accepted in $COMMITS fsync'd commits ($(ratio "$ACCEPTED" "$COMMITS") per commit); wrk saw $NON200 non-2xx answers."
   echo "- plain scrape of the same state: $SCRAPE_MS ms, $((SCRAPE_BYTES / 1024)) KiB; gzip is $(ratio "$SCRAPE_BYTES" "$SCRAPE_GZ_BYTES")× smaller."
