@@ -16,7 +16,7 @@ use crate::clock::Millis;
 use crate::state::{Applied, Changes, CounterKey, Input, Key, Machine, State, Wanted};
 use crate::store::{Position, Store};
 use crate::webhook::Delivery;
-use prometheus::{Histogram, HistogramOpts, IntCounter, Registry};
+use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::Instant;
@@ -204,6 +204,10 @@ pub struct WriterMetrics {
     failures: IntCounter,
     duration: Histogram,
     group_size: Histogram,
+    /// Cold entries deleted past their retention, by `kind`.
+    pruned: IntCounterVec,
+    /// The store's file, read once a tick.
+    size: IntGauge,
 }
 
 impl WriterMetrics {
@@ -230,15 +234,34 @@ impl WriterMetrics {
             )
             .buckets(prometheus::exponential_buckets(1.0, 2.0, 13)?),
         )?;
+        let pruned = IntCounterVec::new(
+            Opts::new(
+                "loadimpact_exporter_store_pruned_total",
+                "Entries this process deleted from the store past their retention: request ids (--dedup.ttl) and ended runs.",
+            ),
+            &["kind"],
+        )?;
+        let size = IntGauge::new(
+            "loadimpact_exporter_store_size_bytes",
+            "Size of the embedded store's file, read once a second.",
+        )?;
         registry.register(Box::new(commits.clone()))?;
         registry.register(Box::new(failures.clone()))?;
         registry.register(Box::new(duration.clone()))?;
         registry.register(Box::new(group_size.clone()))?;
+        registry.register(Box::new(pruned.clone()))?;
+        registry.register(Box::new(size.clone()))?;
+        // Both kinds from the start, so that rate() sees the first prune.
+        for kind in ["request_ids", "runs"] {
+            pruned.with_label_values(&[kind]);
+        }
         Ok(WriterMetrics {
             commits,
             failures,
             duration,
             group_size,
+            pruned,
+            size,
         })
     }
 }
@@ -424,6 +447,7 @@ impl Writer {
         if self.replicated {
             self.applied = self.stored_position();
         }
+        self.read_size();
         while let Some(first) = rx.blocking_recv() {
             let mut group = Vec::new();
             let mut next = Some(first);
@@ -589,8 +613,25 @@ impl Writer {
         let Some(now) = tick else {
             return;
         };
-        if let Err(e) = self.store.prune(now, &self.shared.machine) {
-            tracing::warn!(error = %e, "pruning old request ids and runs failed; retried next tick");
+        match self.store.prune(now, &self.shared.machine) {
+            Ok(pruned) => {
+                let counter = |kind: &str| self.metrics.pruned.with_label_values(&[kind]);
+                counter("request_ids").inc_by(pruned.request_ids);
+                counter("runs").inc_by(pruned.runs);
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "pruning old request ids and runs failed; retried next tick")
+            }
+        }
+        self.read_size();
+    }
+
+    /// Sets the store's size gauge from its file.
+    fn read_size(&self) {
+        if let Some(bytes) = self.store.size_bytes() {
+            self.metrics
+                .size
+                .set(i64::try_from(bytes).unwrap_or(i64::MAX));
         }
     }
 

@@ -620,6 +620,19 @@ fn windows_and_ttls_let_series_and_ids_go() {
     let s = exporter.samples();
     assert_value(&s, &running.started_total(), 2.0);
     assert_value(&s, &running.running(), 1.0);
+    // What is past its retention also leaves the store's file, a tick later,
+    // and the exporter counts it.
+    let pruned = |kind: &str| format!("loadimpact_exporter_store_pruned_total{{kind=\"{kind}\"}}");
+    wait_for(
+        "the store to delete the stale entries",
+        Duration::from_secs(10),
+        || {
+            let s = exporter.samples();
+            (sample(&s, &pruned("request_ids")) >= 3.0 && sample(&s, &pruned("runs")) >= 1.0)
+                .then_some(())
+        },
+    );
+    assert!(sample(&exporter.samples(), "loadimpact_exporter_store_size_bytes") > 0.0);
 }
 
 // ---------------------------------------------------------------------------

@@ -3,7 +3,7 @@
 //! layout is an API boundary (see docs/architecture.md): a change to it needs
 //! a new [`SCHEMA_VERSION`] and a migration from the previous layout.
 
-use super::{Position, Store, StoreError};
+use super::{Position, Pruned, Store, StoreError};
 use crate::clock::Millis;
 use crate::outcome::Outcome;
 use crate::state::{Changes, Key, Machine, State, Wanted};
@@ -515,7 +515,11 @@ impl Store for RedbStore {
         txn.commit().map_err(db_err)
     }
 
-    fn prune(&mut self, now: Millis, machine: &Machine) -> Result<(), StoreError> {
+    fn size_bytes(&self) -> Option<u64> {
+        std::fs::metadata(&self.path).ok().map(|m| m.len())
+    }
+
+    fn prune(&mut self, now: Millis, machine: &Machine) -> Result<Pruned, StoreError> {
         // Looked for in a read transaction: most ticks find nothing stale,
         // and then there is nothing to write and no fsync.
         let (stale, forgotten) = {
@@ -561,8 +565,12 @@ impl Store for RedbStore {
             (stale, forgotten)
         };
         if stale.is_empty() && forgotten.is_empty() {
-            return Ok(());
+            return Ok(Pruned::default());
         }
+        let pruned = Pruned {
+            request_ids: stale.len() as u64,
+            runs: forgotten.len() as u64,
+        };
         // This thread is the store's only writer, so nothing changed since
         // the read: what it found stale is still stale.
         let txn = self.db()?.begin_write().map_err(db_err)?;
@@ -576,7 +584,8 @@ impl Store for RedbStore {
                 ended.remove(id).map_err(db_err)?;
             }
         }
-        txn.commit().map_err(db_err)
+        txn.commit().map_err(db_err)?;
+        Ok(pruned)
     }
 }
 
@@ -812,19 +821,28 @@ mod tests {
         let path = store.path().to_owned();
         let file = || std::fs::read(&path).expect("read the store file");
         let before = file();
-        store
+        let pruned = store
             .prune(1_000 + machine.dedup_ttl - 10, &machine)
             .expect("prune");
+        assert_eq!(pruned, Pruned::default());
         assert!(
             file() == before,
             "a prune that found nothing wrote to the file"
         );
         assert_eq!(cold(&store), (3, 3));
         // Past them: everything goes, and the hot part stays.
-        store
+        let pruned = store
             .prune(10_000 + machine.run_retention(), &machine)
             .expect("prune");
+        assert_eq!(
+            pruned,
+            Pruned {
+                request_ids: 3,
+                runs: 3
+            }
+        );
         assert_eq!(cold(&store), (0, 0));
+        assert_eq!(store.size_bytes(), Some(file().len() as u64));
         assert_eq!(store.load().expect("load"), state.without_cold());
     }
 

@@ -61,6 +61,15 @@ pub enum StoreError {
     },
 }
 
+/// What one [`Store::prune`] deleted.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Pruned {
+    /// Request ids past `--dedup.ttl`.
+    pub request_ids: u64,
+    /// Ended runs past their retention.
+    pub runs: u64,
+}
+
 /// Where the state lives between restarts.
 ///
 /// The state has hot entries, loaded at start and kept in memory, and cold
@@ -97,8 +106,14 @@ pub trait Store: Send {
     /// Deletes some cold entries that no input can see any more at `now`
     /// (see [`Machine::is_forgotten`] and [`Machine::is_stale_id`]): bounded
     /// work per call, resuming where the last call stopped. Harmless to skip
-    /// or to fail, since such entries read as absent anyway.
-    fn prune(&mut self, now: Millis, machine: &Machine) -> Result<(), StoreError>;
+    /// or to fail, since such entries read as absent anyway. Returns what
+    /// it deleted.
+    fn prune(&mut self, now: Millis, machine: &Machine) -> Result<Pruned, StoreError>;
+    /// The bytes the store takes on this machine's disk, where it has a
+    /// file of its own.
+    fn size_bytes(&self) -> Option<u64> {
+        None
+    }
     /// After a failed commit: make the store usable again if it can be, and
     /// return what is durably stored (the failed commit may or may not be in it).
     fn recover(&mut self) -> Result<State, StoreError> {
@@ -172,14 +187,18 @@ impl Store for MemoryStore {
         Ok(())
     }
 
-    fn prune(&mut self, now: Millis, machine: &Machine) -> Result<(), StoreError> {
+    fn prune(&mut self, now: Millis, machine: &Machine) -> Result<Pruned, StoreError> {
+        let (ids, runs) = (self.committed.dedup.len(), self.committed.runs.len());
         self.committed
             .dedup
             .retain(|_, seen| !machine.is_stale_id(*seen, now));
         self.committed
             .runs
             .retain(|_, run| !machine.is_forgotten(run, now));
-        Ok(())
+        Ok(Pruned {
+            request_ids: (ids - self.committed.dedup.len()) as u64,
+            runs: (runs - self.committed.runs.len()) as u64,
+        })
     }
 }
 
