@@ -310,11 +310,10 @@ fn write_position(txn: &redb::WriteTransaction, position: &Position) -> Result<(
 }
 
 /// The tables a commit writes, each opened the first time one of its
-/// entries is written: a group of one delivery touches about half of them,
-/// and an opened table costs a lookup when opened and a root update when
-/// closed, whether or not anything was written to it.
+/// entries is written: opening a table costs a lookup in redb's table tree
+/// whether or not anything is written to it, and a group of one delivery
+/// touches about half of them.
 struct Tables<'t> {
-    txn: &'t redb::WriteTransaction,
     runs: Option<redb::Table<'t, u64, &'static [u8]>>,
     ended: Option<redb::Table<'t, u64, &'static [u8]>>,
     dedup: Option<redb::Table<'t, &'static str, i64>>,
@@ -348,7 +347,6 @@ fn write_entries(
     changes: &Changes,
 ) -> Result<(), StoreError> {
     let mut t = Tables {
-        txn,
         runs: None,
         ended: None,
         dedup: None,
@@ -367,11 +365,11 @@ fn write_entries(
                 let run = state.runs.get(id);
                 let running = run.filter(|r| r.is_running());
                 let over = run.filter(|r| !r.is_running());
-                put_or_remove(table(t.txn, &mut t.runs, RUNS)?, *id, running)?;
-                put_or_remove(table(t.txn, &mut t.ended, ENDED_RUNS)?, *id, over)?;
+                put_or_remove(table(txn, &mut t.runs, RUNS)?, *id, running)?;
+                put_or_remove(table(txn, &mut t.ended, ENDED_RUNS)?, *id, over)?;
             }
             Key::Dedup(id) => {
-                let dedup = table(t.txn, &mut t.dedup, DEDUP)?;
+                let dedup = table(txn, &mut t.dedup, DEDUP)?;
                 match state.dedup.get(id) {
                     Some(seen) => dedup.insert(id.as_str(), *seen).map(drop),
                     None => dedup.remove(id.as_str()).map(drop),
@@ -379,39 +377,39 @@ fn write_entries(
                 .map_err(db_err)?
             }
             Key::LoadTest(id) => put_or_remove(
-                table(t.txn, &mut t.load_tests, LOAD_TESTS)?,
+                table(txn, &mut t.load_tests, LOAD_TESTS)?,
                 *id,
                 state.load_tests.get(id),
             )?,
             Key::Counter(counter) => {
                 let k = key_json(counter)?;
-                table(t.txn, &mut t.counters, COUNTERS)?
+                table(txn, &mut t.counters, COUNTERS)?
                     .insert(k.as_str(), state.counter(counter))
                     .map_err(db_err)?;
             }
             Key::Histogram(project, outcome) => {
                 if let Some(h) = state.histograms.get(&(*project, *outcome)) {
                     let k = key_json(&(project, outcome))?;
-                    table(t.txn, &mut t.histograms, HISTOGRAMS)?
+                    table(txn, &mut t.histograms, HISTOGRAMS)?
                         .insert(k.as_str(), to_json(h)?.as_slice())
                         .map_err(db_err)?;
                 }
             }
             Key::Outbox(id) => put_or_remove(
-                table(t.txn, &mut t.outbox, OUTBOX)?,
+                table(txn, &mut t.outbox, OUTBOX)?,
                 *id,
                 state.outbox.get(id),
             )?,
             Key::LastEvent(event) => {
                 if let Some(at) = state.last_event.get(event) {
-                    table(t.txn, &mut t.last_event, LAST_EVENT)?
+                    table(txn, &mut t.last_event, LAST_EVENT)?
                         .insert(event.as_str(), *at)
                         .map_err(db_err)?;
                 }
             }
             Key::Finish(project, code) => {
                 let key = (project.organization_id, project.project_id, *code);
-                let finishes = table(t.txn, &mut t.finishes, FINISHES)?;
+                let finishes = table(txn, &mut t.finishes, FINISHES)?;
                 match state.finish_count(project, *code) {
                     0 => finishes.remove(key).map(drop),
                     n => finishes.insert(key, n as u64).map(drop),
@@ -419,7 +417,7 @@ fn write_entries(
                 .map_err(db_err)?
             }
             Key::Recent(id) => put_or_remove(
-                table(t.txn, &mut t.recent, RECENT)?,
+                table(txn, &mut t.recent, RECENT)?,
                 *id,
                 state.recent.get(id),
             )?,
