@@ -309,36 +309,6 @@ fn write_position(txn: &redb::WriteTransaction, position: &Position) -> Result<(
     Ok(())
 }
 
-/// The tables a commit writes, each opened the first time one of its
-/// entries is written: opening a table costs a lookup in redb's table tree
-/// whether or not anything is written to it, and a group of one delivery
-/// touches about half of them.
-struct Tables<'t> {
-    runs: Option<redb::Table<'t, u64, &'static [u8]>>,
-    ended: Option<redb::Table<'t, u64, &'static [u8]>>,
-    dedup: Option<redb::Table<'t, &'static str, i64>>,
-    load_tests: Option<redb::Table<'t, u64, &'static [u8]>>,
-    counters: Option<redb::Table<'t, &'static str, u64>>,
-    histograms: Option<redb::Table<'t, &'static str, &'static [u8]>>,
-    last_event: Option<redb::Table<'t, &'static str, i64>>,
-    outbox: Option<redb::Table<'t, u64, &'static [u8]>>,
-    finishes: Option<redb::Table<'t, (u64, u64, i64), u64>>,
-    recent: Option<redb::Table<'t, u64, &'static [u8]>>,
-}
-
-/// The table in `slot`, opened in `txn` on first use.
-fn table<'s, 't, K: redb::Key + 'static, V: redb::Value + 'static>(
-    txn: &'t redb::WriteTransaction,
-    slot: &'s mut Option<redb::Table<'t, K, V>>,
-    definition: TableDefinition<K, V>,
-) -> Result<&'s mut redb::Table<'t, K, V>, StoreError> {
-    let table = match slot.take() {
-        Some(table) => table,
-        None => txn.open_table(definition).map_err(db_err)?,
-    };
-    Ok(slot.insert(table))
-}
-
 /// Writes the entries named in `changes` as they are in `state` (deleting
 /// those no longer there), within `txn`.
 fn write_entries(
@@ -346,18 +316,16 @@ fn write_entries(
     state: &State,
     changes: &Changes,
 ) -> Result<(), StoreError> {
-    let mut t = Tables {
-        runs: None,
-        ended: None,
-        dedup: None,
-        load_tests: None,
-        counters: None,
-        histograms: None,
-        last_event: None,
-        outbox: None,
-        finishes: None,
-        recent: None,
-    };
+    let mut runs = txn.open_table(RUNS).map_err(db_err)?;
+    let mut ended = txn.open_table(ENDED_RUNS).map_err(db_err)?;
+    let mut dedup = txn.open_table(DEDUP).map_err(db_err)?;
+    let mut load_tests = txn.open_table(LOAD_TESTS).map_err(db_err)?;
+    let mut counters = txn.open_table(COUNTERS).map_err(db_err)?;
+    let mut histograms = txn.open_table(HISTOGRAMS).map_err(db_err)?;
+    let mut last_event = txn.open_table(LAST_EVENT).map_err(db_err)?;
+    let mut outbox = txn.open_table(OUTBOX).map_err(db_err)?;
+    let mut finishes = txn.open_table(FINISHES).map_err(db_err)?;
+    let mut recent = txn.open_table(RECENT).map_err(db_err)?;
     for key in &changes.keys {
         match key {
             Key::Run(id) => {
@@ -365,62 +333,47 @@ fn write_entries(
                 let run = state.runs.get(id);
                 let running = run.filter(|r| r.is_running());
                 let over = run.filter(|r| !r.is_running());
-                put_or_remove(table(txn, &mut t.runs, RUNS)?, *id, running)?;
-                put_or_remove(table(txn, &mut t.ended, ENDED_RUNS)?, *id, over)?;
+                put_or_remove(&mut runs, *id, running)?;
+                put_or_remove(&mut ended, *id, over)?;
             }
-            Key::Dedup(id) => {
-                let dedup = table(txn, &mut t.dedup, DEDUP)?;
-                match state.dedup.get(id) {
-                    Some(seen) => dedup.insert(id.as_str(), *seen).map(drop),
-                    None => dedup.remove(id.as_str()).map(drop),
+            Key::Dedup(id) => match state.dedup.get(id) {
+                Some(seen) => {
+                    dedup.insert(id.as_str(), *seen).map_err(db_err)?;
                 }
-                .map_err(db_err)?
-            }
-            Key::LoadTest(id) => put_or_remove(
-                table(txn, &mut t.load_tests, LOAD_TESTS)?,
-                *id,
-                state.load_tests.get(id),
-            )?,
+                None => {
+                    dedup.remove(id.as_str()).map_err(db_err)?;
+                }
+            },
+            Key::LoadTest(id) => put_or_remove(&mut load_tests, *id, state.load_tests.get(id))?,
             Key::Counter(counter) => {
                 let k = key_json(counter)?;
-                table(txn, &mut t.counters, COUNTERS)?
+                counters
                     .insert(k.as_str(), state.counter(counter))
                     .map_err(db_err)?;
             }
             Key::Histogram(project, outcome) => {
+                let k = key_json(&(project, outcome))?;
                 if let Some(h) = state.histograms.get(&(*project, *outcome)) {
-                    let k = key_json(&(project, outcome))?;
-                    table(txn, &mut t.histograms, HISTOGRAMS)?
+                    histograms
                         .insert(k.as_str(), to_json(h)?.as_slice())
                         .map_err(db_err)?;
                 }
             }
-            Key::Outbox(id) => put_or_remove(
-                table(txn, &mut t.outbox, OUTBOX)?,
-                *id,
-                state.outbox.get(id),
-            )?,
+            Key::Outbox(id) => put_or_remove(&mut outbox, *id, state.outbox.get(id))?,
             Key::LastEvent(event) => {
                 if let Some(at) = state.last_event.get(event) {
-                    table(txn, &mut t.last_event, LAST_EVENT)?
-                        .insert(event.as_str(), *at)
-                        .map_err(db_err)?;
+                    last_event.insert(event.as_str(), *at).map_err(db_err)?;
                 }
             }
             Key::Finish(project, code) => {
                 let key = (project.organization_id, project.project_id, *code);
-                let finishes = table(txn, &mut t.finishes, FINISHES)?;
                 match state.finish_count(project, *code) {
                     0 => finishes.remove(key).map(drop),
                     n => finishes.insert(key, n as u64).map(drop),
                 }
                 .map_err(db_err)?
             }
-            Key::Recent(id) => put_or_remove(
-                table(txn, &mut t.recent, RECENT)?,
-                *id,
-                state.recent.get(id),
-            )?,
+            Key::Recent(id) => put_or_remove(&mut recent, *id, state.recent.get(id))?,
         }
     }
     Ok(())
