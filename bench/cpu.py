@@ -8,13 +8,16 @@ unit waits that much longer, whatever the code does.
     python3 bench/cpu.py [SECONDS]
 
 times a fixed unit of work (about 0.3 ms of CPU here), started once a
-millisecond for SECONDS (default 5), by the thread's own CPU clock (time the
-thread was not running is not counted), and prints one line:
+millisecond, 1,000 times for each of SECONDS (default 5), by the thread's
+own CPU clock (time the thread was not running is not counted), and prints
+one line:
 "<units> <median ms> <p99 ms> <p99.9 ms> <max ms> <units over 5x the median>".
 """
 
 import sys
 import time
+
+from pacing import at_ms, every_millisecond
 
 
 def unit() -> int:
@@ -26,23 +29,10 @@ def unit() -> int:
 
 def main() -> None:
     seconds = float(sys.argv[1]) if len(sys.argv) > 1 else 5.0
-    times = []
-    due = time.perf_counter()
-    end = due + seconds
-    while due < end:
-        start = time.thread_time()
-        unit()
-        times.append(time.thread_time() - start)
-        due += 0.001
-        pause = due - time.perf_counter()
-        if pause > 0:
-            time.sleep(pause)
-    times.sort()
-    at = lambda q: times[min(len(times) - 1, int(q * len(times)))] * 1000
-    median = at(0.5)
+    times = every_millisecond(unit, int(seconds * 1000), clock=time.thread_time)
+    median = at_ms(times, 0.5)
     slow = sum(1 for t in times if t * 1000 > 5 * median)
-    print(f"{len(times)} {median:.3f} {at(0.99):.3f} {at(0.999):.3f} {times[-1] * 1000:.3f} {slow}")
-
+    print(f"{len(times)} {median:.3f} {at_ms(times, 0.99):.3f} {at_ms(times, 0.999):.3f} {times[-1] * 1000:.3f} {slow}")
 
 if __name__ == "__main__":
     main()

@@ -22,6 +22,8 @@ import random
 import sys
 import time
 
+from pacing import at_ms, every_millisecond
+
 PAGE = 4096
 FILE = 64 << 20
 
@@ -60,23 +62,14 @@ def main() -> None:
 
 def paced(fd: int, pages: int, count: int = 12, rounds: int = 3000) -> None:
     """`count` scattered pages and an fdatasync, started every millisecond."""
-    waits = []
-    due = time.perf_counter()
-    for _ in range(rounds):
+
+    def write() -> None:
         for _ in range(count):
             os.pwrite(fd, b"x" * PAGE, random.randrange(pages) * PAGE)
-        start = time.perf_counter()
-        os.fdatasync(fd)
-        waits.append(time.perf_counter() - start)
-        due += 0.001
-        pause = due - time.perf_counter()
-        if pause > 0:
-            time.sleep(pause)
-    waits.sort()
-    at = lambda q: waits[min(len(waits) - 1, int(q * len(waits)))] * 1000
-    mean = sum(waits) / len(waits) * 1000
-    print(f"{count} paced {mean:.3f} {at(0.5):.3f} {at(0.99):.3f} {at(0.999):.3f}")
 
+    waits = every_millisecond(lambda: os.fdatasync(fd), rounds, before=write)
+    mean = sum(waits) / len(waits) * 1000
+    print(f"{count} paced {mean:.3f} {at_ms(waits, 0.5):.3f} {at_ms(waits, 0.99):.3f} {at_ms(waits, 0.999):.3f}")
 
 if __name__ == "__main__":
     main()
