@@ -204,8 +204,10 @@ pub struct WriterMetrics {
     failures: IntCounter,
     duration: Histogram,
     group_size: Histogram,
-    /// Cold entries deleted past their retention, by `kind`.
-    pruned: IntCounterVec,
+    /// Request ids deleted past `--dedup.ttl` (`kind="request_ids"`).
+    pruned_ids: IntCounter,
+    /// Ended runs deleted past their retention (`kind="runs"`).
+    pruned_runs: IntCounter,
     /// The store's file, read once a tick.
     size: IntGauge,
 }
@@ -251,16 +253,17 @@ impl WriterMetrics {
         registry.register(Box::new(group_size.clone()))?;
         registry.register(Box::new(pruned.clone()))?;
         registry.register(Box::new(size.clone()))?;
-        // Both kinds from the start, so that rate() sees the first prune.
-        for kind in ["request_ids", "runs"] {
-            pruned.with_label_values(&[kind]);
-        }
+        // Both kinds exported from the start, so that rate() sees the
+        // first prune.
+        let pruned_ids = pruned.with_label_values(&["request_ids"]);
+        let pruned_runs = pruned.with_label_values(&["runs"]);
         Ok(WriterMetrics {
             commits,
             failures,
             duration,
             group_size,
-            pruned,
+            pruned_ids,
+            pruned_runs,
             size,
         })
     }
@@ -615,9 +618,8 @@ impl Writer {
         };
         match self.store.prune(now, &self.shared.machine) {
             Ok(pruned) => {
-                let counter = |kind: &str| self.metrics.pruned.with_label_values(&[kind]);
-                counter("request_ids").inc_by(pruned.request_ids);
-                counter("runs").inc_by(pruned.runs);
+                self.metrics.pruned_ids.inc_by(pruned.request_ids);
+                self.metrics.pruned_runs.inc_by(pruned.runs);
             }
             Err(e) => {
                 tracing::warn!(error = %e, "pruning old request ids and runs failed; retried next tick")
