@@ -156,14 +156,68 @@ fn errors(fields: &Fields<'_>) -> Result<Vec<RunError>, WebhookError> {
     Ok(out)
 }
 
-/// A time as k6 Cloud writes it (ISO 8601 in GMT, `T` or a space, optional
-/// fraction and `Z`), in milliseconds; `None` for anything else, so that an
-/// unreadable time falls back to the time of receipt.
+/// A time as k6 Cloud writes it (ISO 8601 in GMT: `T` or a space, an
+/// optional fraction, then `Z` or nothing), or with an explicit offset
+/// (`+02:00`, `-0500`), in milliseconds since the epoch; `None` for anything
+/// else, so that an unreadable time falls back to the time of receipt.
 fn time(fields: &Fields<'_>, field: &'static str) -> Option<Millis> {
     let text = fields.optional(field, &STRING).ok().flatten()?;
-    let at = humantime::parse_rfc3339_weak(text.trim()).ok()?;
-    let since = at.duration_since(std::time::UNIX_EPOCH).ok()?;
+    let (local, offset) = split_offset(text.trim())?;
+    // The local part alone: humantime would read a `+hh:mm` after a fraction
+    // as GMT whatever its hours.
+    let local = humantime::parse_rfc3339_weak(local).ok()?;
+    let utc = if offset >= 0 {
+        local.checked_sub(std::time::Duration::from_secs(offset.unsigned_abs()))?
+    } else {
+        local.checked_add(std::time::Duration::from_secs(offset.unsigned_abs()))?
+    };
+    let since = utc.duration_since(std::time::UNIX_EPOCH).ok()?;
     Some(crate::clock::millis(since))
+}
+
+/// Splits an ISO 8601 time into its local part and its offset east of GMT
+/// in seconds: `Z` or none is 0, `±hh:mm` and `±hhmm` are read; `None` for
+/// an offset out of range.
+fn split_offset(text: &str) -> Option<(&str, i64)> {
+    if let Some(local) = text.strip_suffix(['Z', 'z']) {
+        return Some((local, 0));
+    }
+    let two_digits = |part: Option<&str>| -> Option<i64> {
+        let part = part?;
+        (part.len() == 2 && part.bytes().all(|b| b.is_ascii_digit()))
+            .then(|| part.parse().ok())
+            .flatten()
+    };
+    // `±hh:mm` or `±hhmm` at the end. A date's own `-` is never in that
+    // place: the time part ends in `:ss` or a fraction.
+    for (len, colon) in [(6, true), (5, false)] {
+        let Some(start) = text.len().checked_sub(len) else {
+            continue;
+        };
+        let (Some(local), Some(offset)) = (text.get(..start), text.get(start..)) else {
+            continue;
+        };
+        let sign = match offset.as_bytes().first() {
+            Some(b'+') => 1,
+            Some(b'-') => -1,
+            _ => continue,
+        };
+        let minutes_at = if colon {
+            if offset.get(3..4) != Some(":") {
+                continue;
+            }
+            4
+        } else {
+            3
+        };
+        let hours = two_digits(offset.get(1..3))?;
+        let minutes = two_digits(offset.get(minutes_at..minutes_at + 2))?;
+        if hours > 23 || minutes > 59 {
+            return None;
+        }
+        return Some((local, sign * (hours * 3600 + minutes * 60)));
+    }
+    Some((text, 0))
 }
 
 /// Parses a k6 Cloud notification.
@@ -454,6 +508,48 @@ mod tests {
         b["test"]["started"] = json!("2024-05-06 10:00:00.250");
         let run = run_of(parse(Headers::default(), &b).expect("valid"));
         assert_eq!(run.reported_start, Some(1_714_989_600_250));
+    }
+
+    #[test]
+    fn an_offset_from_gmt_is_applied_with_or_without_a_fraction() {
+        let started = |text: &str| {
+            let mut b = body();
+            b["test"]["started"] = json!(text);
+            run_of(parse(Headers::default(), &b).expect("valid")).reported_start
+        };
+        // 2024-05-06T10:00:00Z, written in several ways.
+        let ten = Some(1_714_989_600_000);
+        for text in [
+            "2024-05-06T10:00:00Z",
+            "2024-05-06T10:00:00z",
+            "2024-05-06T10:00:00",
+            "2024-05-06T10:00:00+00:00",
+            "2024-05-06T10:00:00-00:00",
+            "2024-05-06T12:00:00+02:00",
+            "2024-05-06T12:00:00.000+02:00",
+            "2024-05-06T12:00:00+0200",
+            "2024-05-06 05:00:00.000-05:00",
+            "2024-05-06T05:30:00-0430",
+            "2024-05-05T23:00:00.000-11:00",
+        ] {
+            assert_eq!(started(text), ten, "{text}");
+        }
+        assert_eq!(
+            started("2024-05-06T12:00:00.250+02:00"),
+            Some(1_714_989_600_250)
+        );
+        // Offsets that are no offsets: the time is unreadable, not misread.
+        for text in [
+            "2024-05-06T10:00:00+24:00",
+            "2024-05-06T10:00:00+02:60",
+            "2024-05-06T10:00:00+2:00",
+            "2024-05-06T10:00:00+02-00",
+            "2024-05-06T10:00:00.000+0x:00",
+            "+02:00",
+            "",
+        ] {
+            assert_eq!(started(text), None, "{text}");
+        }
     }
 
     #[test]
