@@ -525,8 +525,11 @@ impl Writer {
             }
         }
         if let Err(e) = self.store.fetch(&mut state, &wanted) {
-            // Nothing was applied: every request gets the error.
-            let error = self.failed(&mut state, Changes::default(), webhooks, group_len, e);
+            // Nothing of the group was applied: every request gets the error.
+            // The counts carried from an earlier failure are in the state
+            // but not stored: undone with the rest, and counted again.
+            let carried = std::mem::take(&mut self.carried);
+            let error = self.failed(&mut state, carried, webhooks, group_len, e);
             drop(state);
             for request in group {
                 request.refuse(error.clone());
@@ -853,6 +856,34 @@ mod tests {
                 1
             );
         }
+        drop(handle);
+        thread.join().expect("writer thread");
+    }
+
+    #[tokio::test]
+    async fn the_503s_of_a_store_that_stays_gone_are_counted_once_each() {
+        // Commits fail and so do reads: the first group fails in its commit,
+        // the later ones already in their fetch, and the store never reopens.
+        let (handle, shared, thread) = start(MemoryStore {
+            fail_commits: true,
+            fail_reads: true,
+            ..MemoryStore::default()
+        });
+        for answered in 1..=4 {
+            let err = handle
+                .submit_webhook(ping(&format!("gone-{answered}")), 1)
+                .await
+                .expect_err("the store is gone");
+            assert!(matches!(err, WriteError::Store(_)));
+            let state = shared.read();
+            assert_eq!(
+                state.counter(&crate::state::CounterKey::Requests { code: 503 }),
+                answered,
+                "503s counted after {answered} answers"
+            );
+            assert!(state.dedup.is_empty(), "a failed event left a trace");
+        }
+        assert!(!shared.is_healthy());
         drop(handle);
         thread.join().expect("writer thread");
     }

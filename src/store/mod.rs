@@ -123,7 +123,8 @@ pub trait Store: Send {
 
 /// The store contract in memory: what a commit wrote is what `load` (hot
 /// entries) and `fetch` (cold ones) return. For tests; `fail_commits` makes
-/// commits fail, as a full disk would.
+/// commits fail, as a full disk would, and `fail_reads` makes every read
+/// (`fetch`, `load` and so `recover`) fail, as a disk that is gone would.
 #[cfg(test)]
 #[derive(Debug, Default)]
 pub struct MemoryStore {
@@ -131,16 +132,23 @@ pub struct MemoryStore {
     pub committed: State,
     pub commits: u64,
     pub fail_commits: bool,
+    pub fail_reads: bool,
     pub position: Option<Position>,
 }
 
 #[cfg(test)]
 impl Store for MemoryStore {
     fn load(&self) -> Result<State, StoreError> {
+        if self.fail_reads {
+            return Err(StoreError::Db("read refused (fail_reads)".into()));
+        }
         Ok(self.committed.without_cold())
     }
 
     fn fetch(&self, state: &mut State, wanted: &Wanted) -> Result<(), StoreError> {
+        if self.fail_reads {
+            return Err(StoreError::Db("read refused (fail_reads)".into()));
+        }
         for id in &wanted.request_ids {
             if let (false, Some(seen)) =
                 (state.dedup.contains_key(id), self.committed.dedup.get(id))
