@@ -2,7 +2,7 @@
 //! (`--web.listen-address`, `--storage.path`, …): the server's, the trace
 //! export's and the `simulate` subcommand's. Every server flag can also be set
 //! through an environment variable `LOADIMPACT_EXPORTER_<FLAG>`, with dots and
-//! dashes as underscores.
+//! dashes as underscores (`--storage.redis-*` drop the `STORAGE_`).
 
 use crate::clock::millis;
 use crate::outcome::{Outcome, StatusTable};
@@ -729,6 +729,33 @@ mod tests {
     #[test]
     fn cli_is_consistent() {
         Cli::command().debug_assert();
+    }
+
+    /// The README's rule for environment variables, and its one exception.
+    #[test]
+    fn every_server_flag_has_the_environment_variable_the_readme_gives() {
+        let command = Cli::command();
+        let mut flags = 0;
+        for arg in command.get_arguments() {
+            let Some(long) = arg.get_long() else {
+                continue;
+            };
+            if matches!(long, "help" | "version") {
+                continue;
+            }
+            let env = arg.get_env().and_then(|e| e.to_str());
+            let expected = match long.strip_prefix("storage.redis-") {
+                Some(rest) => format!("LOADIMPACT_EXPORTER_REDIS_{rest}"),
+                None => format!("LOADIMPACT_EXPORTER_{long}"),
+            }
+            .to_uppercase()
+            .replace(['.', '-'], "_");
+            // A list of `key=value`: the standard OTEL_EXPORTER_OTLP_HEADERS.
+            let expected = (long != "otlp.header").then_some(expected.as_str());
+            assert_eq!(env, expected, "--{long}");
+            flags += 1;
+        }
+        assert!(flags > 30, "only {flags} flags seen");
     }
 
     #[test]
