@@ -103,22 +103,30 @@ fn event_named(
     header: Option<&str>,
     body: Option<String>,
 ) -> Result<(RunEventKind, Option<Outcome>, String), WebhookError> {
-    let known = |name: &str| {
+    // From the header (no field to blame) or from `event.type`.
+    let known = |name: &str, in_body: bool| {
         event_kind(name).ok_or_else(|| WebhookError::UnknownEvent {
             event: name.to_owned(),
+            from: if in_body {
+                "field `event.type`"
+            } else {
+                "header X-k6cloud-Event"
+            },
+            field: in_body.then_some("event.type"),
             expected: EXPECTED,
         })
     };
     match (header, body) {
         (None, None) => Err(WebhookError::MissingField("event.type")),
-        (Some(name), None) => known(name).map(|(k, o)| (k, o, name.to_owned())),
+        (Some(name), None) => known(name, false).map(|(k, o)| (k, o, name.to_owned())),
         (header, Some(name)) => {
-            let (kind, outcome) = known(&name)?;
-            match header.map(|h| (h, known(h))) {
+            let (kind, outcome) = known(&name, true)?;
+            match header.map(|h| (h, known(h, false))) {
                 Some((h, Ok((header_kind, _)))) if header_kind != kind => {
                     Err(WebhookError::EventMismatch {
                         name: "X-k6cloud-Event",
                         header: h.to_owned(),
+                        field: "event.type",
                         body: name,
                     })
                 }
@@ -363,7 +371,7 @@ mod tests {
             ..Headers::default()
         };
         let err = parse(headers, &body()).expect_err("mismatch");
-        assert_eq!((err.status(), err.field()), (400, Some("event")));
+        assert_eq!((err.status(), err.field()), (400, Some("event.type")));
         // The header may be coarser than the body: the body's identifier wins.
         let headers = Headers {
             k6_event: Some("test.ended"),
@@ -443,7 +451,17 @@ mod tests {
         let mut b = body();
         b["event"]["type"] = json!("test.exploded");
         let err = parse(Headers::default(), &b).expect_err("unknown");
-        assert_eq!((err.status(), err.field()), (422, Some("event")));
+        assert_eq!((err.status(), err.field()), (422, Some("event.type")));
+        // Named by the header alone: no field of the body is to blame.
+        let mut b = body();
+        b.as_object_mut().map(|o| o.remove("event"));
+        let headers = Headers {
+            k6_event: Some("test.bogus"),
+            ..Headers::default()
+        };
+        let err = parse(headers, &b).expect_err("unknown header event");
+        assert_eq!((err.status(), err.field()), (422, None));
+        assert!(err.to_string().contains("header X-k6cloud-Event"), "{err}");
     }
 
     #[test]
