@@ -476,7 +476,7 @@ fn assert_every_rule_is_healthy_and_loaded(prometheus: &Prometheus, expected: &B
             }
         }
     }
-    assert_eq!(recorded, 8, "recording rules loaded: {rules}");
+    assert_eq!(recorded, 10, "recording rules loaded: {rules}");
     // The alerts that must stay quiet here are loaded too.
     let mut names: BTreeSet<String> = expected
         .iter()
