@@ -241,10 +241,18 @@ fn recording_rules_follow_the_level_metric_operations_convention() {
         let (level, metric, operation) = (parts[0], parts[1], parts[2]);
         assert!(metric.starts_with("loadimpact_"), "{name}: metric");
         assert!(
-            ["increase1h", "increase24h", "ratio1h", "ratio24h"].contains(&operation),
+            ["max5m", "increase1h", "increase24h", "ratio1h", "ratio24h"].contains(&operation),
             "{name}: operation {operation}"
         );
-        // The level is the labels the expression keeps: its first `by (...)`.
+        // The level is the labels the expression keeps: its first `by (...)`,
+        // or, with none, the level of the recorded series it reads.
+        if !rule.expr.contains("by (") {
+            assert!(
+                rule.expr.contains(&format!("({level}:")),
+                "{name}: no by (…) and no recorded series of level {level} read"
+            );
+            continue;
+        }
         let by = rule
             .expr
             .split_once("by (")
