@@ -414,7 +414,7 @@ pub fn spawn(
         shared,
         metrics,
         carried: Changes::default(),
-        unstored_503s: 0,
+        unstored: Unstored::default(),
         replicated,
         applied: None,
     };
@@ -430,11 +430,12 @@ struct Writer {
     /// The state it alone changes, and the flags readers look at.
     shared: Arc<Shared>,
     metrics: WriterMetrics,
-    /// Entries changed but not yet committed: the counts of 503s answered
-    /// after a failure, written with the next commit.
+    /// Entries changed but not yet committed: the counts of [`Writer::unstored`],
+    /// written with the next commit.
     carried: Changes,
-    /// 503 answers not yet in the store; re-applied after every reload.
-    unstored_503s: u64,
+    /// What failed groups counted that is not yet in the store; re-applied
+    /// after every reload.
+    unstored: Unstored,
     /// Inputs come from the shared log (see [`spawn`]).
     replicated: bool,
     /// With a shared log: the position the state in memory reflects. Entries
@@ -498,6 +499,8 @@ impl Writer {
         let mut wanted = Wanted::default();
         let mut tick = None;
         let mut webhooks = 0;
+        // The group's counts that outlive a failed commit (see `failed`).
+        let mut counted = Unstored::default();
         let mut position = None;
         for request in &group {
             match request {
@@ -516,6 +519,7 @@ impl Writer {
                     ..
                 } => {
                     wanted.add(input);
+                    counted.count(input);
                     if let Input::Tick { now } = input {
                         tick = tick.max(Some(*now));
                     }
@@ -529,7 +533,8 @@ impl Writer {
             // The counts carried from an earlier failure are in the state
             // but not stored: undone with the rest, and counted again.
             let carried = std::mem::take(&mut self.carried);
-            let error = self.failed(&mut state, carried, webhooks, group_len, e);
+            counted.rejected(503, webhooks);
+            let error = self.failed(&mut state, carried, counted, group_len, e);
             drop(state);
             for request in group {
                 request.refuse(error.clone());
@@ -572,12 +577,13 @@ impl Writer {
             return;
         }
         if let Err(e) = self.store.commit_at(&state, &changes, position.as_ref()) {
-            let error = self.failed(&mut state, changes, webhooks, group_len, e);
+            counted.rejected(503, webhooks);
+            let error = self.failed(&mut state, changes, counted, group_len, e);
             drop(state);
             answer(replies, Err(error));
             return;
         }
-        self.unstored_503s = 0;
+        self.unstored = Unstored::default();
         if position.is_some() {
             self.applied = position;
         }
@@ -643,13 +649,14 @@ impl Writer {
     /// A group could not be stored: nothing of it may show. Undoes it (back
     /// to the last commit), reopens the store (redb refuses writes after an
     /// I/O error), reads back what is durable, and answers the whole group
-    /// with the error (503: the senders retry). The 503s are counted, and
-    /// written with the next commit.
+    /// with the error (503: the senders retry). What the group `counted`
+    /// whatever happened (its webhooks' 503s, the rejections and failed span
+    /// exports in it) is counted again, and written with the next commit.
     fn failed(
         &mut self,
         state: &mut State,
         changes: Changes,
-        webhooks: u64,
+        counted: Unstored,
         inputs: usize,
         e: crate::store::StoreError,
     ) -> WriteError {
@@ -668,7 +675,7 @@ impl Writer {
             self.shared.resync.store(true, Ordering::Release);
             return WriteError::Store(e.to_string());
         }
-        self.unstored_503s += webhooks;
+        self.unstored.add(counted);
         match self.store.recover() {
             Ok(durable) => {
                 *state = durable;
@@ -682,14 +689,62 @@ impl Writer {
                 self.shared.ready.store(false, Ordering::Release);
             }
         }
-        // Count every 503 not yet stored; written with the next commit.
+        // Count everything not yet stored; written with the next commit.
         self.carried = Changes::default();
-        for _ in 0..self.unstored_503s {
-            self.shared
-                .machine
-                .apply(state, Input::Rejected { code: 503 }, &mut self.carried);
+        for (input, times) in self.unstored.inputs() {
+            for _ in 0..times {
+                self.shared
+                    .machine
+                    .apply(state, input.clone(), &mut self.carried);
+            }
         }
         WriteError::Store(e.to_string())
+    }
+}
+
+/// Counts that a failed group still makes: requests answered (its webhooks
+/// with 503, and the rejections it carried) and span exports that failed.
+/// They happened whether or not the store took them, so they are counted in
+/// memory at once and written with the next commit that succeeds.
+#[derive(Debug, Default)]
+struct Unstored {
+    /// Rejected requests by the code they were answered with.
+    rejected: std::collections::BTreeMap<u16, u64>,
+    span_export_failures: u64,
+}
+
+impl Unstored {
+    /// Counts `input` if it is one of the kinds kept.
+    fn count(&mut self, input: &Input) {
+        match input {
+            Input::Rejected { code } => self.rejected(*code, 1),
+            Input::SpanExportFailed => self.span_export_failures += 1,
+            _ => {}
+        }
+    }
+
+    fn rejected(&mut self, code: u16, times: u64) {
+        if times > 0 {
+            *self.rejected.entry(code).or_default() += times;
+        }
+    }
+
+    fn add(&mut self, other: Unstored) {
+        for (code, times) in other.rejected {
+            self.rejected(code, times);
+        }
+        self.span_export_failures += other.span_export_failures;
+    }
+
+    /// Each input to apply again, with how many times.
+    fn inputs(&self) -> Vec<(Input, u64)> {
+        let rejected = self
+            .rejected
+            .iter()
+            .map(|(code, times)| (Input::Rejected { code: *code }, *times));
+        let failures = (self.span_export_failures > 0)
+            .then_some((Input::SpanExportFailed, self.span_export_failures));
+        rejected.chain(failures).collect()
     }
 }
 
@@ -884,6 +939,36 @@ mod tests {
             assert!(state.dedup.is_empty(), "a failed event left a trace");
         }
         assert!(!shared.is_healthy());
+        drop(handle);
+        thread.join().expect("writer thread");
+    }
+
+    #[tokio::test]
+    async fn a_failed_commit_keeps_the_rejections_and_export_failures_it_held() {
+        let (handle, shared, thread) = start(MemoryStore {
+            fail_commits: true,
+            ..MemoryStore::default()
+        });
+        let count = |key: crate::state::CounterKey| shared.read().counter(&key);
+        for round in 1..=2 {
+            for input in [Input::Rejected { code: 401 }, Input::SpanExportFailed] {
+                let err = handle.submit(input).await.expect_err("commit fails");
+                assert!(matches!(err, WriteError::Store(_)));
+            }
+            handle
+                .submit_webhook(ping(&format!("w{round}")), 1)
+                .await
+                .expect_err("commit fails");
+            assert_eq!(
+                count(crate::state::CounterKey::Requests { code: 401 }),
+                round
+            );
+            assert_eq!(count(crate::state::CounterKey::SpanExportFailures), round);
+            assert_eq!(
+                count(crate::state::CounterKey::Requests { code: 503 }),
+                round
+            );
+        }
         drop(handle);
         thread.join().expect("writer thread");
     }

@@ -370,7 +370,7 @@ async fn webhook(
     };
     // A rejected request changes no run metric; it is counted by its code.
     if let Err(e) = app.writer.submit(Input::Rejected { code }).await {
-        tracing::warn!(error = %e, code, "cannot count a rejected request");
+        tracing::warn!(error = %e, code, "a rejected request's count was not stored with it");
     }
     response
 }
