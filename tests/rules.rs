@@ -910,3 +910,81 @@ fn every_panel_is_described_in_the_readme() {
         }
     }
 }
+
+/// The dashboards' counts over the time range add up across a pod's
+/// replacement (a new `instance`, counters going on from the store), as the
+/// alerts' do: checked by promtool on the panels' own queries. 3 runs
+/// started and finished before the replacement at 31m, 3 after, and an
+/// expiry on the new pod's first tick; the range is the last hour.
+#[test]
+fn the_dashboards_counts_add_up_across_a_pod_replacement() {
+    let overview = dashboards()
+        .into_iter()
+        .find(|d| d.file == "loadimpact-overview.json")
+        .expect("the overview dashboard");
+    let query = |title: &str| -> String {
+        let mut stack: Vec<Value> = overview.json["panels"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        while let Some(panel) = stack.pop() {
+            stack.extend(panel["panels"].as_array().cloned().unwrap_or_default());
+            if panel["title"] == title {
+                let expr = panel["targets"][0]["expr"].as_str().expect("expr");
+                return expr
+                    .replace("$organization_id", ".*")
+                    .replace("$project_id", ".*")
+                    .replace("$__range", "1h");
+            }
+        }
+        panic!("no panel {title:?}");
+    };
+    let labels = |instance: &str| {
+        format!(
+            r#"job="loadimpact-exporter",namespace="loadimpact",instance="{instance}",pod="loadimpact-exporter-0",organization_id="1",project_id="10""#
+        )
+    };
+    let (old, new) = (labels("10.0.0.1:16565"), labels("10.0.0.9:16565"));
+    let series = [
+        format!(r#"loadimpact_test_runs_started_total{{{old},trigger="manual"}}"#),
+        "0x10 3x20".to_owned(),
+        format!(r#"loadimpact_test_runs_started_total{{{new},trigger="manual"}}"#),
+        "_x31 3x8 6x100".to_owned(),
+        format!(r#"loadimpact_test_runs_finished_total{{{old},outcome="finished"}}"#),
+        "0x12 3x18".to_owned(),
+        format!(r#"loadimpact_test_runs_finished_total{{{new},outcome="finished"}}"#),
+        "_x31 3x10 6x100".to_owned(),
+        format!(r#"loadimpact_test_runs_expired_total{{{old}}}"#),
+        "0x30".to_owned(),
+        format!(r#"loadimpact_test_runs_expired_total{{{new}}}"#),
+        "_x31 1x100".to_owned(),
+    ];
+    let mut text = String::from(
+        "rule_files: []\nevaluation_interval: 1m\ntests:\n  - interval: 1m\n    input_series:\n",
+    );
+    for pair in series.chunks(2) {
+        text += &format!(
+            "      - series: '{}'\n        values: '{}'\n",
+            pair[0], pair[1]
+        );
+    }
+    text += "    promql_expr_test:\n";
+    for (title, runs) in [
+        ("Started in range", 6),
+        ("Finished in range", 6),
+        ("Expired in range", 1),
+    ] {
+        text += &format!(
+            "      - expr: '{}'\n        eval_time: 60m\n        exp_samples:\n          - labels: '{{}}'\n            value: {runs}\n",
+            query(title).replace('\'', "''")
+        );
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = support::files::write_temp(&dir, "dashboard.test.yml", &text);
+    let out = stdout(&run_ok_in(
+        dir.path(),
+        &require_tool("promtool"),
+        &["test", "rules", file.to_str().expect("utf-8 path")],
+    ));
+    assert!(out.contains("SUCCESS"), "{out}\n{text}");
+}
