@@ -829,6 +829,22 @@ fn bad_inputs(running: &Run, new: &Run) -> Vec<Bad> {
             field: None,
         });
     }
+    // A header given twice with two values: which one counts would be a guess.
+    for (name, other) in [
+        ("X-LoadImpact-Event", "test.finished"),
+        ("X-LoadImpact-ID", "another-id"),
+    ] {
+        let mut headers = deliveries::headers("test.started", &fresh_id());
+        headers.push((name.to_owned(), other.to_owned()));
+        cases.push(Bad {
+            what: format!("header {name} given twice with two values"),
+            method: "POST",
+            headers,
+            body: Some(serde_json::to_vec(&start).expect("json")),
+            status: 400,
+            field: None,
+        });
+    }
     for name in ["test.deleted", "test.created", "test"] {
         let mut body = start.clone();
         body["event"] = json!(name);

@@ -407,19 +407,24 @@ async fn read_and_parse(app: &App, req: Request<Incoming>) -> Result<webhook::De
     if declared.is_some_and(|len| len > app.max_body_bytes as u64) {
         return Err(too_large());
     }
-    let header = |name: &str| {
-        req.headers()
-            .get(name)
-            .map(|v| v.to_str().map(str::to_owned).map_err(|_| name.to_owned()))
-            .transpose()
+    // A header the webhook reads, as text. Given twice with two values it is
+    // refused: which one names the event or the delivery would be a guess.
+    let header = |name: &str| -> Result<Option<String>, String> {
+        let mut values = req.headers().get_all(name).iter();
+        let Some(first) = values.next() else {
+            return Ok(None);
+        };
+        if values.any(|other| other != first) {
+            return Err(format!(
+                "header {name} is given more than once, with different values"
+            ));
+        }
+        first
+            .to_str()
+            .map(|v| Some(v.to_owned()))
+            .map_err(|_| format!("header {name} is not valid text"))
     };
-    let header_error = |name: String| {
-        reject(
-            StatusCode::BAD_REQUEST,
-            &format!("header {name} is not valid text"),
-            None,
-        )
-    };
+    let header_error = |message: String| reject(StatusCode::BAD_REQUEST, &message, None);
     let content_type = header("content-type").map_err(header_error)?;
     let event = header("x-loadimpact-event").map_err(header_error)?;
     let request_id = header("x-loadimpact-id").map_err(header_error)?;
