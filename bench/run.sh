@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The whole benchmark, in one run, written to bench/RESULTS.md:
 #
-#   bash bench/run.sh            # about 7.5 minutes on 2 cores, plus the release build
+#   bash bench/run.sh            # about 8 minutes on 2 cores, plus the release build
 #
 # Every figure is measured here, in this run, beside its target, and every
 # ratio compares two things measured in this same run on this machine:
@@ -19,7 +19,8 @@
 #      costs); a profile (perf record, where perf works);
 #   4. latency at a steady 1,000 deliveries/s (an open loop: a fixed
 #      schedule; the median p99 of three 15 s runs), on the disk and with the
-#      store on tmpfs, beside the disk's own fdatasync tail at that rate
+#      store on tmpfs, beside the disk's own fdatasync tail at that rate,
+#      the same schedule to the path answered 404 (what wrk and HTTP add)
 #      (bench/fsync.py) and the CPU's own steadiness (bench/cpu.py);
 #   4b. the same ingest and steady latency with the Redis backend (a local
 #      redis-server with appendfsync always, two replicas following it,
@@ -296,6 +297,11 @@ fi
 # ---- 4: steady rate ------------------------------------------------------------
 log "latency at a steady 1,000 deliveries/s: three runs of 15 s on a fixed schedule, 32 connections"
 run_steady3 "$D1" "http://127.0.0.1:$PORT/webhook"
+# The same schedule and requests to the path answered 404 at once: the
+# latency that wrk, the loopback and the HTTP layer add by themselves.
+log "the same steady schedule to the path answered 404 (no parse, no store): 15 s"
+mkdir -p "$D1/probe-steady"
+BENCH_PATH=/bench-probe run_steady "$D1/probe-steady" "http://127.0.0.1:$PORT/webhook" 9
 stop "$E1"
 
 # ---- 4b: the Redis backend ------------------------------------------------------
@@ -474,8 +480,10 @@ REDIS_INGEST=$(wrk_rps "$DR/ingest.txt"); REDIS_STEADY=$(wrk_rps "$DR/steady.txt
     echo "| embedded, store on tmpfs (fsync free; diagnostic only) | $STEADY_CONNECTIONS | $(printf '%.0f' "$(wrk_rps "$D1/shm-steady/steady.txt")") | $(wrk_pct "$D1/shm-steady/steady.txt" 50) | $(wrk_pct "$D1/shm-steady/steady.txt" 99) ($(steady_p99s "$D1/shm-steady")) |"
   fi
   echo "| Redis, two replicas | $STEADY_CONNECTIONS | $(printf '%.0f' "$REDIS_STEADY") | $(wrk_pct "$DR/steady.txt" 50) | $(wrk_pct "$DR/steady.txt" 99) |"
+  echo "| none: the same requests to the path answered 404 (no parse, no store; what wrk and HTTP add) | $STEADY_CONNECTIONS | $(printf '%.0f' "$(wrk_rps "$D1/probe-steady/steady.txt")") | $(wrk_pct "$D1/probe-steady/steady.txt" 50) | $(wrk_pct "$D1/probe-steady/steady.txt" 99) |"
   echo
   echo "- ingest ÷ ceiling: $(ratio "$INGEST" "$CEIL"); ingest ÷ the 404 probe (the same requests, no work done): $(ratio "$INGEST" "$PROBE"); ingest ÷ Pushgateway: $(ratio "$INGEST" "$PGW")${SHM_INGEST:+; ingest on disk ÷ on tmpfs: $(ratio "$INGEST" "$SHM_INGEST")}."
+  echo "- wrk, the loopback and the HTTP layer alone, on the same schedule (the 404 row): p99 $(wrk_pct "$D1/probe-steady/steady.txt" 99) ms; the rest of a delivery's p99 is the writer's: its CPU and the disk."
   echo "- the disk alone at the steady rate (bench/fsync.py, under Machine): 12 pages at random places and an fdatasync every millisecond wait $(fsync_ms 12 paced) ms at the median and $(fsync_p 99) ms at p99. A delivery waits for the commit in flight, then for its own, so its p99 at the steady rate is bound to sit above that disk's p99${SHM_INGEST:+; with the store on tmpfs, where fdatasync costs nothing, the median of three runs gave a p99 of $(wrk_pct "$D1/shm-steady/steady.txt" 99) ms}. Without the disk the CPU keeps a tail of its own here: the same work sometimes takes several times its usual CPU time (bench/cpu.py, under Machine: p99.9 $(cpu_f 4) ms for a $(cpu_f 2) ms unit), and deliveries that arrive while the writer's work is slowed so queue behind it."
   echo "- Redis backend ÷ embedded, ingest: $(ratio "$REDIS_INGEST" "$INGEST"); p99 at the steady rate: $(ratio "$(wrk_pct "$DR/steady.txt" 99)" "$(wrk_pct "$D1/steady.txt" 99)")×. wrk saw $REDIS_NON200 non-2xx answers from the Redis replica; afterwards the two replicas' expositions (less their own telemetry) were $REPLICAS_SAME."
   echo "- durability: $ACCEPTED deliveries accepted in $COMMITS fsync'd commits ($(ratio "$ACCEPTED" "$COMMITS") per commit); wrk saw $NON200 non-2xx answers."
