@@ -124,9 +124,11 @@ impl Tokens {
     pub fn load(file: Option<&Path>) -> Result<Tokens, TokenError> {
         let (origin, text) = match file {
             Some(path) => (Origin::File(path.to_owned()), read(path)?),
-            None => match std::env::var(TOKEN_ENV) {
-                Ok(value) if !value.trim().is_empty() => (Origin::Env, value),
-                _ => (Origin::None, String::new()),
+            // Set but empty (an unset variable in a compose file, an empty
+            // Secret key) is an error, not an open webhook.
+            None => match std::env::var_os(TOKEN_ENV) {
+                Some(value) => (Origin::Env, value.to_string_lossy().into_owned()),
+                None => (Origin::None, String::new()),
             },
         };
         let parsed = match &origin {

@@ -253,6 +253,18 @@ fn an_open_webhook_says_so_once_at_start_and_a_bad_token_file_stops_the_start() 
         .run_until_exit();
     assert!(!status.success());
     assert!(out.contains("token file"), "{out}");
+    // The variable set but empty (a compose file's unset `${TOKEN}`, an empty
+    // Secret key) stops the start too, rather than leaving the webhook open.
+    for empty in ["", "  \n"] {
+        let (status, out) = Exporter::builder()
+            .env("LOADIMPACT_EXPORTER_WEBHOOK_TOKEN", empty)
+            .run_until_exit();
+        assert!(!status.success(), "started with {empty:?}: {out}");
+        assert!(
+            out.contains("LOADIMPACT_EXPORTER_WEBHOOK_TOKEN holds no token"),
+            "{out}"
+        );
+    }
 }
 
 #[test]
@@ -290,6 +302,38 @@ fn the_allowlist_takes_the_peer_or_a_trusted_proxys_forwarded_client() {
     assert_eq!(post_from(&proxied, Some("198.51.100.1")), 403);
     assert_eq!(post_from(&proxied, Some("203.0.113.5, 198.51.100.1")), 403);
     assert_eq!(post_from(&proxied, Some("not-an-address")), 403);
+    // A forwarded value that is not text (a byte above 0x7f, which HTTP
+    // allows) names no client: refused, even where the proxy itself may post.
+    let proxy_allowed = Exporter::start(&[
+        "--webhook.allowed-cidrs=127.0.0.0/8",
+        "--web.trusted-proxies=127.0.0.1",
+    ]);
+    let body = serde_json::to_vec(&Run::new(1, 1, 1, 2).started()).expect("json");
+    let raw_status = |forwarded: &[u8]| {
+        let mut request = format!(
+            "POST /webhook HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n\
+             X-LoadImpact-Event: test.started\r\nX-LoadImpact-ID: {}\r\nContent-Length: {}\r\n\
+             Connection: close\r\nX-Forwarded-For: ",
+            fresh_id(),
+            body.len()
+        )
+        .into_bytes();
+        request.extend_from_slice(forwarded);
+        request.extend_from_slice(b"\r\n\r\n");
+        request.extend_from_slice(&body);
+        let mut stream =
+            std::net::TcpStream::connect(("127.0.0.1", proxy_allowed.port())).expect("connect");
+        std::io::Write::write_all(&mut stream, &request).expect("send");
+        let mut answer = String::new();
+        let _ = std::io::Read::read_to_string(&mut stream, &mut answer);
+        answer
+            .split(' ')
+            .nth(1)
+            .and_then(|code| code.parse::<u16>().ok())
+            .unwrap_or_else(|| panic!("no status line in {answer:?}"))
+    };
+    assert_eq!(raw_status(b"\xff, 198.51.100.9"), 403);
+    assert_eq!(raw_status(b"127.0.0.5"), 200, "a readable one still counts");
     assert_eq!(
         post_from(&proxied, None),
         403,

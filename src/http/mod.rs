@@ -285,11 +285,14 @@ fn admit(
     path_token: Option<&str>,
     req: &Request<Incoming>,
 ) -> Option<Rejection> {
+    // A value that is not text (bytes above 0x7f) stays in as one that names
+    // no address, which refuses the request: dropped, it would leave the
+    // proxy itself as the client.
     let forwarded: Vec<&str> = req
         .headers()
         .get_all("x-forwarded-for")
         .iter()
-        .filter_map(|v| v.to_str().ok())
+        .map(|v| v.to_str().unwrap_or(""))
         .collect();
     if !app.allowlist.permits(peer.ip(), &forwarded) {
         if app.throttle.forbidden.due() {
