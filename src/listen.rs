@@ -207,6 +207,13 @@ impl Listener {
                 let builder = auto::Builder::new(TokioExecutor::new());
                 let ended = match &security.tls {
                     None => {
+                        // Without TLS, HTTP/2 comes only with prior knowledge
+                        // (h2c); `http2: false` turns it off here too.
+                        let builder = if security.http2 {
+                            builder
+                        } else {
+                            builder.http1_only()
+                        };
                         let conn = builder.serve_connection(TokioIo::new(io), service);
                         watcher.watch(conn.into_owned()).await
                     }

@@ -232,6 +232,51 @@ fn http2_false_offers_http_1_1_alone() {
     assert!(only_h2.is_err(), "no protocol in common: {only_h2:?}");
 }
 
+/// The first bytes a plain-HTTP listener sends back to the HTTP/2 preface
+/// (prior knowledge, h2c), up to 9 (a frame header, or `HTTP/1.1 `).
+fn h2c_reply(port: u16) -> Vec<u8> {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    stream
+        .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0")
+        .expect("write");
+    let mut reply = vec![0u8; 9];
+    let mut read = 0;
+    while read < reply.len() {
+        match stream.read(&mut reply[read..]) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => read += n,
+        }
+    }
+    reply.truncate(read);
+    reply
+}
+
+#[test]
+fn http2_false_turns_off_h2c_on_plain_http_too() {
+    let dir = tempfile::tempdir().expect("dir");
+    let served = |yaml: &str| {
+        let config = write(&dir.path().join("web.yml"), yaml);
+        let exporter = Exporter::builder()
+            .arg(format!("--web.config.file={}", config.display()))
+            .start();
+        h2c_reply(exporter.port())
+    };
+    // By default the preface gets a SETTINGS frame (type 4) back.
+    let reply = served("http_server_config:\n  http2: true\n");
+    assert_eq!(reply.get(3), Some(&4u8), "no SETTINGS frame: {reply:?}");
+    // With `http2: false`, HTTP/1.1 alone: the preface is a bad request,
+    // answered as HTTP/1.1 or with the connection closed, never with HTTP/2.
+    let reply = served("http_server_config:\n  http2: false\n");
+    assert!(
+        reply.is_empty() || reply.starts_with(b"HTTP/1.1 "),
+        "{:?}",
+        String::from_utf8_lossy(&reply)
+    );
+}
+
 /// What `client_auth_type` does with no client certificate, one from the CA
 /// and one from a rogue CA: `true` where the request is served.
 fn assert_client_auth(auth: &str, expected: [bool; 3]) {
