@@ -110,8 +110,12 @@ impl AuthCache {
 /// The users of one version of the file.
 pub(super) struct BasicAuth {
     users: HashMap<Vec<u8>, String>,
-    /// Checked for an unknown user: a hash of the highest cost among the users.
-    dummy: String,
+    /// Checked for an unknown user, so that it costs what a known one does:
+    /// a hash of the highest cost among the users, made on first need (a
+    /// bcrypt run of that cost, kept off the start and every reload).
+    dummy: std::sync::OnceLock<String>,
+    /// The cost of `dummy`.
+    dummy_cost: u32,
     cache: Arc<AuthCache>,
     /// One bcrypt check at a time, as exporter-toolkit does: they are CPU-bound.
     running: Mutex<()>,
@@ -130,7 +134,8 @@ impl BasicAuth {
                 .iter()
                 .map(|(user, hash)| (user.as_bytes().to_vec(), hash.clone()))
                 .collect(),
-            dummy: dummy_hash(cost),
+            dummy: std::sync::OnceLock::new(),
+            dummy_cost: cost,
             cache,
             running: Mutex::new(()),
         }
@@ -144,7 +149,10 @@ impl BasicAuth {
     fn hash_for(&self, credentials: &Credentials) -> (&str, bool) {
         match self.users.get(&credentials.user) {
             Some(hash) => (hash, true),
-            None => (&self.dummy, false),
+            None => (
+                self.dummy.get_or_init(|| dummy_hash(self.dummy_cost)),
+                false,
+            ),
         }
     }
 
@@ -327,6 +335,14 @@ mod tests {
             &users(&[("alice", ALICE_2Y), ("bob", &hash)]),
             Arc::default(),
         );
-        assert_eq!(check_hash(&auth.dummy), Ok(6));
+        // Not made until an unknown user comes: a start or a reload runs no
+        // bcrypt of that cost.
+        assert!(auth.dummy.get().is_none());
+        let stranger = Credentials {
+            user: b"mallory".to_vec(),
+            password: b"x".to_vec(),
+        };
+        assert!(!auth.check(&stranger));
+        assert_eq!(auth.dummy.get().map(|d| check_hash(d)), Some(Ok(6)));
     }
 }
