@@ -359,6 +359,30 @@ pub struct ServerArgs {
 }
 
 impl ServerArgs {
+    /// A page of the main listener that `--webhook.path` would take over
+    /// (the path itself, or one below it, where tokens go), when the webhook
+    /// shares that listener.
+    pub fn page_under_the_webhook(&self) -> Option<&str> {
+        if self.webhook_listen_address.is_some() {
+            return None;
+        }
+        let hook = self.webhook_path.trim_end_matches('/');
+        [
+            self.telemetry_path.as_str(),
+            "/-/healthy",
+            "/-/ready",
+            "/api/v1/runs",
+            "/",
+        ]
+        .into_iter()
+        .find(|page| {
+            *page == self.webhook_path
+                || page
+                    .strip_prefix(hook)
+                    .is_some_and(|rest| rest.starts_with('/'))
+        })
+    }
+
     /// `--web.config.file`, unless unset or empty.
     pub fn web_config_file(&self) -> Option<&Path> {
         nonempty_path(&self.web_config_file)
@@ -756,6 +780,46 @@ mod tests {
             flags += 1;
         }
         assert!(flags > 30, "only {flags} flags seen");
+    }
+
+    #[test]
+    fn a_webhook_path_over_a_page_is_found() {
+        let args = |flags: &[&str]| {
+            let mut all = vec!["x"];
+            all.extend_from_slice(flags);
+            Cli::try_parse_from(all).expect("parse").server
+        };
+        assert_eq!(args(&[]).page_under_the_webhook(), None);
+        assert_eq!(
+            args(&["--webhook.path=/hooks/li"]).page_under_the_webhook(),
+            None
+        );
+        assert_eq!(
+            args(&["--webhook.path=/metricsx"]).page_under_the_webhook(),
+            None
+        );
+        for (flags, page) in [
+            (&["--webhook.path=/metrics"][..], "/metrics"),
+            (&["--webhook.path=/-"], "/-/healthy"),
+            (&["--webhook.path=/api/"], "/api/v1/runs"),
+            (&["--webhook.path=/"], "/metrics"),
+            (
+                &["--webhook.path=/stats", "--web.telemetry-path=/stats/prom"],
+                "/stats/prom",
+            ),
+        ] {
+            assert_eq!(
+                args(flags).page_under_the_webhook(),
+                Some(page),
+                "{flags:?}"
+            );
+        }
+        // On a listener of its own it takes nothing.
+        let own = args(&[
+            "--webhook.path=/metrics",
+            "--webhook.listen-address=127.0.0.1:9781",
+        ]);
+        assert_eq!(own.page_under_the_webhook(), None);
     }
 
     #[test]

@@ -24,6 +24,12 @@ const DRAIN: Duration = Duration::from_secs(25);
 
 /// Runs the exporter until SIGTERM or SIGINT.
 pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
+    if let Some(page) = args.page_under_the_webhook() {
+        anyhow::bail!(
+            "--webhook.path={} would take over {page} on the same listener: choose another path, or give the webhook its own --webhook.listen-address",
+            args.webhook_path
+        );
+    }
     // The web configuration files first: a bad one stops the start before
     // anything is opened.
     let main_security = Arc::new(Source::open("--web.config.file", args.web_config_file())?);
