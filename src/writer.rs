@@ -664,7 +664,10 @@ impl Writer {
         tracing::error!(error = %e, inputs, "commit failed; answering 503 so the senders retry");
         changes.undo(state);
         if self.replicated {
-            // The inputs are in the log: read them again once the store is back.
+            // The inputs are in the log: read them again once the store is
+            // back. Not ready until a commit succeeds again: deliveries should
+            // go to replicas that can take them.
+            self.shared.ready.store(false, Ordering::Release);
             if let Ok(durable) = self.store.recover() {
                 *state = durable;
                 self.shared.store_failed.store(false, Ordering::Release);
@@ -1011,6 +1014,30 @@ mod tests {
             reply: Reply::Applied(reply),
         };
         (entry, answer)
+    }
+
+    #[tokio::test]
+    async fn a_replica_whose_commits_fail_is_not_ready_and_reads_the_log_again() {
+        let shared = Arc::new(Shared::new(State::default(), Machine::default()));
+        let metrics = WriterMetrics::register(&Registry::new()).expect("metrics");
+        let store = MemoryStore {
+            fail_commits: true,
+            ..MemoryStore::default()
+        };
+        let (handle, thread) =
+            spawn(Box::new(store), shared.clone(), metrics, true).expect("spawn writer");
+        assert!(shared.is_ready());
+        let (entry, answer) = logged(1, "a");
+        handle.apply_logged(vec![entry]).await.expect("sent");
+        assert!(answer.await.expect("answer").is_err());
+        assert!(!shared.is_ready(), "ready while its commits fail");
+        assert!(shared.resync.load(Ordering::Acquire));
+        assert!(
+            shared.read().dedup.is_empty(),
+            "the failed entry left a trace"
+        );
+        drop(handle);
+        thread.join().expect("writer thread");
     }
 
     #[tokio::test]

@@ -90,6 +90,10 @@ impl Follower {
         }
         if self.shared.resync.swap(false, Ordering::AcqRel) {
             self.position = None;
+            // A local commit failed (or an entry came out of order): wait a
+            // moment before reading the entries again, rather than retrying
+            // a failing disk in a tight loop.
+            tokio::time::sleep(RETRY).await;
         }
         let position = match self.position {
             Some(position) => position,
