@@ -119,6 +119,30 @@ pub(super) struct BasicAuth {
     cache: Arc<AuthCache>,
     /// One bcrypt check at a time, as exporter-toolkit does: they are CPU-bound.
     running: Mutex<()>,
+    /// The turn to run one, waited for asynchronously (see [`BasicAuth::turn`]).
+    turns: Arc<tokio::sync::Semaphore>,
+    /// Requests waiting for a turn.
+    waiting: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+/// At most this many requests wait for a bcrypt check; more are refused at
+/// once (429), so that a flood of wrong passwords holds neither memory nor
+/// the blocking threads that the listeners also need.
+pub(super) const MAX_WAITING: usize = 32;
+
+/// A request's turn to run a bcrypt check, held while it runs.
+pub(super) struct Turn {
+    _permit: tokio::sync::OwnedSemaphorePermit,
+}
+
+/// Counts a request as waiting for as long as it lives (a request dropped
+/// while it waits, its client gone, stops counting).
+struct Waiting(Arc<std::sync::atomic::AtomicUsize>);
+
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+    }
 }
 
 impl BasicAuth {
@@ -138,7 +162,28 @@ impl BasicAuth {
             dummy_cost: cost,
             cache,
             running: Mutex::new(()),
+            turns: Arc::new(tokio::sync::Semaphore::new(1)),
+            waiting: Arc::default(),
         }
+    }
+
+    #[cfg(test)]
+    pub(super) fn waiting(&self) -> usize {
+        self.waiting.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Waits for the turn to run one bcrypt check; `None` when
+    /// [`MAX_WAITING`] requests already wait.
+    pub(super) async fn turn(&self) -> Option<Turn> {
+        use std::sync::atomic::Ordering;
+        if self.waiting.fetch_add(1, Ordering::AcqRel) >= MAX_WAITING {
+            self.waiting.fetch_sub(1, Ordering::AcqRel);
+            return None;
+        }
+        let _waiting = Waiting(self.waiting.clone());
+        // The semaphore is never closed.
+        let permit = self.turns.clone().acquire_owned().await.ok()?;
+        Some(Turn { _permit: permit })
     }
 
     pub(super) fn users(&self) -> usize {

@@ -564,8 +564,14 @@ impl Security {
         if auth.cached(&credentials) {
             return Ok(());
         }
+        // One check at a time, the others waiting here rather than queued
+        // on the blocking threads; too many waiting are refused at once.
+        let Some(turn) = auth.turn().await else {
+            return Err(Refusal::TooManyRequests);
+        };
         let security = self.clone();
         let checked = tokio::task::spawn_blocking(move || {
+            let _turn = turn;
             security
                 .auth
                 .as_ref()

@@ -672,6 +672,43 @@ async fn admit_checks_off_the_runtime_and_answers_a_known_password_from_the_cach
     );
 }
 
+#[tokio::test]
+async fn a_flood_of_wrong_passwords_waits_in_a_bounded_queue() {
+    let dir = Dir::new(ALICE);
+    let security = dir.source().current().expect("valid");
+    let auth = security.auth.as_ref().expect("users");
+    // The turn held here while every request arrives: `MAX_WAITING` of them
+    // wait for it, the rest are refused at once.
+    let held = auth.turn().await.expect("a turn");
+    let mut checks = tokio::task::JoinSet::new();
+    for i in 0..basic_auth::MAX_WAITING + 20 {
+        let (security, headers) = (security.clone(), basic("alice", &format!("wrong-{i}")));
+        checks.spawn(async move { security.admit(&headers).await });
+    }
+    // On this one-thread runtime, a yield lets every spawned request run
+    // up to its wait.
+    for _ in 0..100 {
+        tokio::task::yield_now().await;
+        if checks.len() == basic_auth::MAX_WAITING {
+            break;
+        }
+    }
+    assert_eq!(auth.waiting(), basic_auth::MAX_WAITING);
+    let mut refused = 0;
+    while let Some(answer) = checks.try_join_next() {
+        assert_eq!(answer.expect("task"), Err(Refusal::TooManyRequests));
+        refused += 1;
+    }
+    assert_eq!(refused, 20);
+    drop(held);
+    let answers = checks.join_all().await;
+    assert!(answers.iter().all(|a| *a == Err(Refusal::Unauthorized)));
+    assert_eq!(answers.len(), basic_auth::MAX_WAITING);
+    // Nobody waits any more, and the right password is checked.
+    assert_eq!(auth.waiting(), 0);
+    assert_eq!(security.admit(&basic("alice", "secret")).await, Ok(()));
+}
+
 #[test]
 fn the_rate_limit_refuses_past_its_burst() {
     let dir = Dir::new("rate_limit:\n  burst: 2\n  interval: 1h\n");
