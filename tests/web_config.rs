@@ -65,16 +65,20 @@ fn start_tls_logged(pki: &Pki, yaml: &str, probe: TlsClient, log: Option<&Path>)
     launch.start()
 }
 
-/// What a plain-HTTP request to `port` gets back, raw, until the server
-/// closes the connection (within 10 s).
-fn plain_http_reply(port: u16) -> Vec<u8> {
+/// A connection to `port` on which `bytes` were sent; reads wait 10 s at most.
+fn sent(port: u16, bytes: &[u8]) -> TcpStream {
     let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("connect");
     stream
         .set_read_timeout(Some(Duration::from_secs(10)))
         .expect("timeout");
+    stream.write_all(bytes).expect("write");
     stream
-        .write_all(b"GET /-/ready HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
-        .expect("write");
+}
+
+/// What a plain-HTTP request to `port` gets back, raw, until the server
+/// closes the connection (within 10 s).
+fn plain_http_reply(port: u16) -> Vec<u8> {
+    let mut stream = sent(port, b"GET /-/ready HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n");
     let mut reply = Vec::new();
     let mut buf = [0u8; 4096];
     loop {
@@ -235,13 +239,10 @@ fn http2_false_offers_http_1_1_alone() {
 /// The first bytes a plain-HTTP listener sends back to the HTTP/2 preface
 /// (prior knowledge, h2c), up to 9 (a frame header, or `HTTP/1.1 `).
 fn h2c_reply(port: u16) -> Vec<u8> {
-    let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("connect");
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .expect("timeout");
-    stream
-        .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0")
-        .expect("write");
+    let mut stream = sent(
+        port,
+        b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0",
+    );
     let mut reply = vec![0u8; 9];
     let mut read = 0;
     while read < reply.len() {
