@@ -117,12 +117,11 @@ pub(super) struct BasicAuth {
     /// The cost of `dummy`.
     dummy_cost: u32,
     cache: Arc<AuthCache>,
-    /// One bcrypt check at a time, as exporter-toolkit does: they are CPU-bound.
-    running: Mutex<()>,
-    /// The turn to run one, waited for asynchronously (see [`BasicAuth::turn`]).
+    /// The turn to run a bcrypt check: one at a time, as exporter-toolkit
+    /// does, since they are CPU-bound (see [`BasicAuth::turn`]).
     turns: Arc<tokio::sync::Semaphore>,
-    /// Requests waiting for a turn.
-    waiting: Arc<std::sync::atomic::AtomicUsize>,
+    /// A place in the queue for a turn: [`MAX_WAITING`] of them.
+    queue: tokio::sync::Semaphore,
 }
 
 /// At most this many requests wait for a bcrypt check; more are refused at
@@ -133,16 +132,6 @@ pub(super) const MAX_WAITING: usize = 32;
 /// A request's turn to run a bcrypt check, held while it runs.
 pub(super) struct Turn {
     _permit: tokio::sync::OwnedSemaphorePermit,
-}
-
-/// Counts a request as waiting for as long as it lives (a request dropped
-/// while it waits, its client gone, stops counting).
-struct Waiting(Arc<std::sync::atomic::AtomicUsize>);
-
-impl Drop for Waiting {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
-    }
 }
 
 impl BasicAuth {
@@ -161,26 +150,22 @@ impl BasicAuth {
             dummy: std::sync::OnceLock::new(),
             dummy_cost: cost,
             cache,
-            running: Mutex::new(()),
             turns: Arc::new(tokio::sync::Semaphore::new(1)),
-            waiting: Arc::default(),
+            queue: tokio::sync::Semaphore::new(MAX_WAITING),
         }
     }
 
     #[cfg(test)]
     pub(super) fn waiting(&self) -> usize {
-        self.waiting.load(std::sync::atomic::Ordering::Acquire)
+        MAX_WAITING - self.queue.available_permits()
     }
 
     /// Waits for the turn to run one bcrypt check; `None` when
-    /// [`MAX_WAITING`] requests already wait.
+    /// [`MAX_WAITING`] requests already wait. The place in the queue is
+    /// given back once the turn comes, or when the request is dropped while
+    /// it waits (its client gone).
     pub(super) async fn turn(&self) -> Option<Turn> {
-        use std::sync::atomic::Ordering;
-        if self.waiting.fetch_add(1, Ordering::AcqRel) >= MAX_WAITING {
-            self.waiting.fetch_sub(1, Ordering::AcqRel);
-            return None;
-        }
-        let _waiting = Waiting(self.waiting.clone());
+        let _queued = self.queue.try_acquire().ok()?;
         // The semaphore is never closed.
         let permit = self.turns.clone().acquire_owned().await.ok()?;
         Some(Turn { _permit: permit })
@@ -214,24 +199,25 @@ impl BasicAuth {
         hasher.finalize().into()
     }
 
-    /// Whether these credentials were verified before (no bcrypt check).
+    /// Whether these credentials were verified before (no bcrypt check, and
+    /// for an unknown user not the dummy hash either: this runs on the
+    /// runtime's threads).
     pub(super) fn cached(&self, credentials: &Credentials) -> bool {
-        let (hash, known) = self.hash_for(credentials);
-        known && self.cache.contains(&Self::cache_key(credentials, hash))
+        self.users
+            .get(&credentials.user)
+            .is_some_and(|hash| self.cache.contains(&Self::cache_key(credentials, hash)))
     }
 
     /// Whether the credentials are a user's with the right password; runs a
-    /// bcrypt check unless they are remembered.
+    /// bcrypt check unless they are remembered. Blocking: call it on a
+    /// blocking thread, holding a [`BasicAuth::turn`].
     pub(super) fn check(&self, credentials: &Credentials) -> bool {
         let (hash, known) = self.hash_for(credentials);
         let key = Self::cache_key(credentials, hash);
         if known && self.cache.contains(&key) {
             return true;
         }
-        let verified = {
-            let _one_at_a_time = lock(&self.running);
-            bcrypt::verify(&credentials.password, hash).unwrap_or(false)
-        };
+        let verified = bcrypt::verify(&credentials.password, hash).unwrap_or(false);
         let ok = known && verified;
         if ok {
             self.cache.insert(key);
@@ -387,6 +373,9 @@ mod tests {
             user: b"mallory".to_vec(),
             password: b"x".to_vec(),
         };
+        // Nor by the cache's look-up, which runs on the runtime's threads.
+        assert!(!auth.cached(&stranger));
+        assert!(auth.dummy.get().is_none());
         assert!(!auth.check(&stranger));
         assert_eq!(auth.dummy.get().map(|d| check_hash(d)), Some(Ok(6)));
     }
