@@ -24,7 +24,7 @@ use std::path::Path;
 use std::process::Output;
 use std::time::{Duration, Instant};
 use support::exporter::{run_binary, spawn_binary, Exporter};
-use support::files::{dashboards, repo};
+use support::files::{dashboards, panels, repo};
 use support::http::{free_port, get};
 use support::samples::sum_with_prefix;
 use support::tools::Server;
@@ -198,21 +198,6 @@ fn check_simulation(args: &str, output: Output) {
         stdout.contains(" errors=0 "),
         "simulate {args}: summary without errors=0:\n{stdout}"
     );
-}
-
-/// Every panel of a dashboard (rows' nested panels included).
-fn panels(dashboard: &Value) -> Vec<Value> {
-    let mut out = Vec::new();
-    let mut stack: Vec<Value> = dashboard["panels"].as_array().cloned().unwrap_or_default();
-    while let Some(panel) = stack.pop() {
-        if let Some(nested) = panel["panels"].as_array() {
-            stack.extend(nested.iter().cloned());
-        }
-        if panel["type"] != "row" {
-            out.push(panel);
-        }
-    }
-    out
 }
 
 /// Replaces Grafana's variables the way Grafana would for one selection.

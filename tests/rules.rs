@@ -10,7 +10,7 @@ use serde_json::{json, Value};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::time::Duration;
-use support::files::{dashboards, read, repo};
+use support::files::{dashboards, panels, read, repo};
 use support::http::{get, post_json};
 use support::tools::{require_tool, run_ok_in, stdout, Server};
 
@@ -922,22 +922,16 @@ fn the_dashboards_counts_add_up_across_a_pod_replacement() {
         .into_iter()
         .find(|d| d.file == "loadimpact-overview.json")
         .expect("the overview dashboard");
+    let panels = panels(&overview.json);
     let query = |title: &str| -> String {
-        let mut stack: Vec<Value> = overview.json["panels"]
-            .as_array()
-            .cloned()
-            .unwrap_or_default();
-        while let Some(panel) = stack.pop() {
-            stack.extend(panel["panels"].as_array().cloned().unwrap_or_default());
-            if panel["title"] == title {
-                let expr = panel["targets"][0]["expr"].as_str().expect("expr");
-                return expr
-                    .replace("$organization_id", ".*")
-                    .replace("$project_id", ".*")
-                    .replace("$__range", "1h");
-            }
-        }
-        panic!("no panel {title:?}");
+        let panel = panels
+            .iter()
+            .find(|p| p["title"] == title)
+            .unwrap_or_else(|| panic!("no panel {title:?}"));
+        let expr = panel["targets"][0]["expr"].as_str().expect("expr");
+        expr.replace("$organization_id", ".*")
+            .replace("$project_id", ".*")
+            .replace("$__range", "1h")
     };
     let labels = |instance: &str| {
         format!(

@@ -87,3 +87,19 @@ pub fn dashboards() -> Vec<Dashboard> {
     }
     out
 }
+
+/// Every panel of a dashboard's JSON (rows' nested panels included; not the
+/// rows themselves).
+pub fn panels(dashboard: &Value) -> Vec<Value> {
+    let mut out = Vec::new();
+    let mut stack: Vec<Value> = dashboard["panels"].as_array().cloned().unwrap_or_default();
+    while let Some(panel) = stack.pop() {
+        if let Some(nested) = panel["panels"].as_array() {
+            stack.extend(nested.iter().cloned());
+        }
+        if panel["type"] != "row" {
+            out.push(panel);
+        }
+    }
+    out
+}
