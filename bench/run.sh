@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The whole benchmark, in one run, written to bench/RESULTS.md:
 #
-#   bash bench/run.sh            # about 8 minutes on 2 cores, plus the release build
+#   bash bench/run.sh            # 6 to 8 minutes on 2 cores, plus the release build
 #
 # Every figure is measured here, in this run, beside its target, and every
 # ratio compares two things measured in this same run on this machine:
@@ -19,9 +19,9 @@
 #      costs); a profile (perf record, where perf works);
 #   4. latency at a steady 1,000 deliveries/s (an open loop: a fixed
 #      schedule; the median p99 of three 15 s runs), on the disk and with the
-#      store on tmpfs, beside the disk's own fdatasync tail at that rate,
-#      the same schedule to the path answered 404 (what wrk and HTTP add)
-#      (bench/fsync.py) and the CPU's own steadiness (bench/cpu.py);
+#      store on tmpfs, beside the disk's own fdatasync tail at that rate
+#      (bench/fsync.py), the CPU's own steadiness (bench/cpu.py) and the
+#      same schedule to the path answered 404 (what wrk and HTTP add);
 #   4b. the same ingest and steady latency with the Redis backend (a local
 #      redis-server with appendfsync always, two replicas following it,
 #      wrk posting to one), beside the embedded store's;
